@@ -1,0 +1,41 @@
+"""`l2c-backup`: the operator command. One subcommand per operation, each in its own
+module with `add_parser(subparsers)` and `run(args)`; the FC handlers call the same
+library functions the subcommands call."""
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .commands import demo, oss_server
+from .errors import L2CError
+
+COMMANDS = (demo, oss_server)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="l2c-backup",
+        description="PostgreSQL backups to Aliyun OSS: backup, verify, prune, restore, drills.")
+    parser.add_argument("--version", action="version", version=f"l2c-backup {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args) or 0
+    except L2CError as err:
+        print(f"l2c-backup {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""`l2c-backup oss-server`: run the local OSS endpoint until interrupted."""
+import json
+import signal
+import threading
+
+from ..errors import LocalServiceFailed
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "oss-server", help="run the local OSS server (tests, demos)",
+        description="Run the local OSS endpoint that speaks the OSS REST API as oss2 uses it. "
+                    "It prints its endpoint, buckets and test credentials, then serves until "
+                    "interrupted (Ctrl-C or SIGTERM).")
+    p.add_argument("--port", type=int, default=9000, help="TCP port (0 picks a free one; default 9000)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--data", metavar="DIR", help="keep state in DIR so it survives a restart "
+                   "(default: a temporary directory removed at exit)")
+    p.add_argument("--bucket", action="append", dest="buckets", metavar="NAME",
+                   help="bucket to create at start (repeatable; default l2c-backups and l2c-backups-dr)")
+    p.add_argument("--region", default="cn-hangzhou", help="region for V4 signatures (default cn-hangzhou)")
+    p.add_argument("--json", action="store_true", help="print the connection details as JSON")
+    p.set_defaults(run=run)
+
+
+def run(args):
+    from l2c_local.oss import LocalOSS  # only the local tooling needs the server
+
+    server = LocalOSS(data_dir=args.data, host=args.host, port=args.port, region=args.region,
+                      buckets=args.buckets or ["l2c-backups", "l2c-backups-dr"])
+    try:
+        server.start()
+    except OSError as err:
+        raise LocalServiceFailed(f"cannot listen on {args.host} port {args.port}: {err.strerror}",
+                                 "pick another --port, or --port 0 for a free one") from None
+    details = {"endpoint": server.endpoint, "region": server.region,
+               "buckets": server.bucket_names(), "access_key_id": server.access_key_id,
+               "access_key_secret": server.access_key_secret,
+               "data": args.data or "(temporary)"}
+    if args.json:
+        print(json.dumps(details), flush=True)
+    else:
+        print(f"local OSS server listening on {details['endpoint']}\n"
+              f"  region:            {details['region']}\n"
+              f"  buckets:           {', '.join(details['buckets'])}\n"
+              f"  access key id:     {details['access_key_id']}\n"
+              f"  access key secret: {details['access_key_secret']}  (test credentials)\n"
+              f"  state:             {details['data']}\n"
+              "Ctrl-C stops it.", flush=True)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
