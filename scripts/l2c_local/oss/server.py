@@ -292,7 +292,8 @@ class Handler(BaseHTTPRequestHandler):
             ("CreationDate", xmlbody.iso8601(b.created)), ("ExtranetEndpoint", host),
             ("IntranetEndpoint", host), ("Location", f"oss-{b.region}"), ("Name", b.name),
             ("StorageClass", "Standard"), ("Versioning", b.versioning or None),
-            ("Owner", xmlbody.OWNER), ("AccessControlList", [("Grant", "private")])])]))
+            ("Owner", xmlbody.OWNER), ("AccessControlList", [("Grant", "private")]),
+            ("ServerSideEncryptionRule", [("SSEAlgorithm", self._default_sse() or "None")])])]))
 
     def bucket_versioning(self):
         store = self.oss.store
@@ -498,9 +499,9 @@ class Handler(BaseHTTPRequestHandler):
             for key, asked, vid, marker in results]
         if self.query.get("encoding-type") == "url":
             items.append(("EncodingType", "url"))
-        self.send(200, xmlbody.build("DeleteResult", items))
         for key, asked, _, _ in results:
             self.oss.object_removed(self.bucket, key)
+        self.send(200, xmlbody.build("DeleteResult", items))
 
     # -- objects --------------------------------------------------------------------
     def _meta(self):
@@ -513,15 +514,16 @@ class Handler(BaseHTTPRequestHandler):
             raise OSSError(400, "InvalidEncryptionAlgorithmError",
                            "The encryption request you specified is not valid. Supported value: "
                            "AES256/KMS/SM4.")
-        if not sse:
+        if not sse and self._default_sse():
             # A bucket default applies to objects uploaded without their own header.
-            try:
-                rule = ElementTree.fromstring(self.oss.store.bucket(self.bucket).configs["encryption"])
-                sse = {"x-oss-server-side-encryption":
-                       rule.findtext("ApplyServerSideEncryptionByDefault/SSEAlgorithm")}
-            except KeyError:
-                pass
+            sse = {"x-oss-server-side-encryption": self._default_sse()}
         return sse
+
+    def _default_sse(self):
+        rule = self.oss.store.bucket(self.bucket).configs.get("encryption")
+        if rule is None:
+            return ""
+        return ElementTree.fromstring(rule).findtext("ApplyServerSideEncryptionByDefault/SSEAlgorithm", "")
 
     def _forbid_overwrite(self):
         # x-oss-forbid-overwrite only works while versioning is off, as on OSS.
@@ -548,9 +550,9 @@ class Handler(BaseHTTPRequestHandler):
         version = self.oss.store.put(
             self.bucket, self.key, writer, self.headers.get("Content-Type", ""), self._meta(),
             _parse_tags(self.headers.get("x-oss-tagging")), sse)
-        self.send(200, headers=self._version_headers(version))
         self.oss.object_created(self.bucket, self.key, version, "PutObject", self.request_id,
                                 self.client_address[0])
+        self.send(200, headers=self._version_headers(version))
 
     def copy_object(self):
         store = self.oss.store
@@ -571,11 +573,11 @@ class Handler(BaseHTTPRequestHandler):
             self._meta() if replace_meta else dict(src.meta),
             _parse_tags(self.headers.get("x-oss-tagging")) if replace_tags else dict(src.tags),
             self._sse() or dict(src.sse), etag=src.etag, crc64=src.crc64)
+        self.oss.object_created(self.bucket, self.key, version, "CopyObject", self.request_id,
+                                self.client_address[0])
         self.send(200, xmlbody.build("CopyObjectResult", [
             ("ETag", f'"{version.etag}"'), ("LastModified", xmlbody.iso8601(version.last_modified))]),
             headers=self._version_headers(version))
-        self.oss.object_created(self.bucket, self.key, version, "CopyObject", self.request_id,
-                                self.client_address[0])
 
     def _range(self, size):
         spec = self.headers.get("Range", "")
@@ -640,8 +642,8 @@ class Handler(BaseHTTPRequestHandler):
             headers["x-oss-version-id"] = version_id
         if marker:
             headers["x-oss-delete-marker"] = "true"
-        self.send(204, headers=headers)
         self.oss.object_removed(self.bucket, self.key)
+        self.send(204, headers=headers)
 
     def object_tagging(self):
         store, version_id = self.oss.store, self.query.get("versionId")
@@ -687,14 +689,14 @@ class Handler(BaseHTTPRequestHandler):
                       for p in root.iter("Part")]
         self._forbid_overwrite()
         version = self.oss.store.complete(self.bucket, self.key, self.query["uploadId"], wanted)
+        self.oss.object_created(self.bucket, self.key, version, "CompleteMultipartUpload",
+                                self.request_id, self.client_address[0])
         enc = xmlbody.encoder(self.params)
         self.send(200, xmlbody.build("CompleteMultipartUploadResult", [
             ("Location", f"{self.bucket}/{self.key}"), ("Bucket", self.bucket),
             ("Key", enc(self.key)), ("ETag", f'"{version.etag}"')]
             + ([("EncodingType", "url")] if self.query.get("encoding-type") == "url" else [])),
             headers=self._version_headers(version))
-        self.oss.object_created(self.bucket, self.key, version, "CompleteMultipartUpload",
-                                self.request_id, self.client_address[0])
 
     def abort_upload(self):
         self.oss.store.abort(self.bucket, self.key, self.query["uploadId"])
@@ -702,8 +704,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def list_parts(self):
         store = self.oss.store
-        marker = _int(self.query.get("part-number-marker", 0), "part-number-marker")
-        max_parts = _int(self.query.get("max-parts", 1000), "max-parts")
+        marker = _int(self.query.get("part-number-marker") or 0, "part-number-marker")
+        max_parts = _int(self.query.get("max-parts") or 1000, "max-parts")
         with store.lock:
             upload = store.upload(self.bucket, self.key, self.query["uploadId"])
             numbers = [n for n in sorted(upload.parts) if n > marker]
@@ -763,7 +765,8 @@ class LocalOSS:
         self.http.daemon_threads = True
         self.http.oss = self
         self.port = self.http.server_address[1]
-        self.thread = threading.Thread(target=self.http.serve_forever, name="local-oss", daemon=True)
+        self.thread = threading.Thread(target=self.http.serve_forever, name="local-oss", daemon=True,
+                                       kwargs={"poll_interval": 0.05})  # quick stop() in tests
         self.thread.start()
         return self
 
