@@ -1,0 +1,441 @@
+"""Which database to back up, how to reach it, and what is in it.
+
+`DatabaseSettings.from_url()` reads DATABASE_URL (libpq's URI form) with the PG* variables
+as fallback, the way psql does, so one setting drives both our queries (pg8000) and the
+pg_dump / psql processes (`pg_env()`). Passwords travel in the environment, never in argv,
+and never appear in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import pg8000.native
+
+from .errors import ConfigInvalid, DatabaseUnreachable, DumpFailed
+
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+DEFAULT_CONNECT_TIMEOUT = 10  # seconds; libpq waits forever, which on FC burns the whole run
+APPLICATION_NAME = "l2c-backup"  # shows in pg_stat_activity, so a DBA can tell who we are
+
+# Query parameters we understand in DATABASE_URL. Anything else is refused rather than
+# ignored: a misspelt `sslmode` must not silently turn into an unencrypted connection.
+_URL_PARAMS = ("host", "port", "sslmode", "sslrootcert", "connect_timeout")
+_URL_HINT = ("the form is postgresql://USER:PASSWORD@HOST:PORT/DBNAME?sslmode=require; "
+             "percent-encode special characters in the user or password (@ as %40, "
+             "/ as %2F, : as %3A, # as %23, ? as %3F)")
+
+
+@dataclass(frozen=True, repr=False)
+class DatabaseSettings:
+    """One database to connect to. `password` is None when there is none to send."""
+
+    host: str
+    port: int
+    user: str
+    password: str | None
+    dbname: str
+    sslmode: str = "prefer"
+    sslrootcert: str | None = None
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT  # seconds, 0 = wait forever
+
+    def __post_init__(self):
+        if self.sslmode not in SSLMODES:
+            raise ConfigInvalid(f"sslmode {self.sslmode!r} is not one of {', '.join(SSLMODES)}",
+                                hint="set sslmode in DATABASE_URL or PGSSLMODE")
+        if not 0 < self.port < 65536:
+            raise ConfigInvalid(f"database port {self.port} is out of range (1-65535)",
+                                hint="fix the port in DATABASE_URL or PGPORT")
+        if self.connect_timeout < 0:
+            raise ConfigInvalid(f"connect_timeout {self.connect_timeout} is negative",
+                                hint="set connect_timeout in DATABASE_URL or "
+                                     "PGCONNECT_TIMEOUT to a number of seconds")
+
+    def __repr__(self):
+        password = None if self.password is None else "***"
+        return (f"DatabaseSettings(host={self.host!r}, port={self.port}, user={self.user!r}, "
+                f"password={password!r}, dbname={self.dbname!r}, sslmode={self.sslmode!r}, "
+                f"sslrootcert={self.sslrootcert!r}, connect_timeout={self.connect_timeout})")
+
+    __str__ = __repr__
+
+    @classmethod
+    def from_url(cls, url: str | None = None, environ=os.environ) -> "DatabaseSettings":
+        """Settings from a postgresql:// (or postgres://) URL. `url=None` reads
+        DATABASE_URL from `environ`; with neither, the PG* variables alone decide.
+        Whatever the URL leaves out comes from PGHOST, PGPORT, PGUSER, PGPASSWORD,
+        PGDATABASE, PGSSLMODE, PGSSLROOTCERT, PGCONNECT_TIMEOUT, then the defaults
+        localhost:5432, user postgres, database postgres, sslmode prefer."""
+        if url is None:
+            url = environ.get("DATABASE_URL")
+        parts = _parse_url(url) if url else {}
+
+        def pick(key, var, default=None):
+            value = parts.get(key)
+            if value in (None, ""):
+                value = environ.get(var) or default
+            return value
+
+        port = _to_int(pick("port", "PGPORT", "5432"),
+                       "DATABASE_URL port" if parts.get("port") else "PGPORT")
+        timeout = _to_int(pick("connect_timeout", "PGCONNECT_TIMEOUT",
+                               str(DEFAULT_CONNECT_TIMEOUT)),
+                          "DATABASE_URL connect_timeout" if parts.get("connect_timeout")
+                          else "PGCONNECT_TIMEOUT")
+        password = parts["password"] if "password" in parts else environ.get("PGPASSWORD")
+        return cls(
+            host=pick("host", "PGHOST", "localhost"),
+            port=port,
+            user=pick("user", "PGUSER", "postgres"),
+            password=password or None,
+            dbname=pick("dbname", "PGDATABASE", "postgres"),
+            sslmode=pick("sslmode", "PGSSLMODE", "prefer"),
+            sslrootcert=pick("sslrootcert", "PGSSLROOTCERT"),
+            connect_timeout=timeout,
+        )
+
+    def with_dbname(self, name: str) -> "DatabaseSettings":
+        return dataclasses.replace(self, dbname=name)
+
+    def pg_env(self) -> dict[str, str]:
+        """libpq variables for pg_dump / pg_dumpall / psql. The password goes here, since
+        argv is visible to every user of the machine in `ps`."""
+        env = {
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGUSER": self.user,
+            "PGDATABASE": self.dbname,
+            "PGSSLMODE": self.sslmode,
+            "PGCONNECT_TIMEOUT": str(self.connect_timeout),
+            "PGAPPNAME": APPLICATION_NAME,
+        }
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password
+        if self.sslrootcert:
+            env["PGSSLROOTCERT"] = self.sslrootcert
+        return env
+
+    def redacted_url(self) -> str:
+        """The URL for logs: everything but the password."""
+        user = quote(self.user, safe="")
+        auth = f"{user}:***@" if self.password is not None else f"{user}@"
+        host = f"[{self.host}]" if ":" in self.host else quote(self.host, safe="")
+        query = f"?sslmode={self.sslmode}"
+        if self.sslrootcert:
+            query += f"&sslrootcert={quote(self.sslrootcert, safe='/')}"
+        return f"postgresql://{auth}{host}:{self.port}/{quote(self.dbname, safe='')}{query}"
+
+    @property
+    def where(self) -> str:
+        """HOST:PORT/DBNAME, for messages."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}/{self.dbname}"
+
+
+def _parse_url(url: str) -> dict[str, str]:
+    """The URL's parts, percent-decoded; absent parts are missing from the dict. Errors
+    name DATABASE_URL and the part, and never repeat the URL (it holds the password)."""
+    def bad(what):
+        return ConfigInvalid(f"DATABASE_URL is malformed: {what}", hint=_URL_HINT)
+
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres"):
+        raise bad("it must start with postgresql:// or postgres://")
+    parts = urlsplit(url)
+    if parts.fragment:
+        raise bad("it has a '#' fragment (a '#' in the password must be written %23)")
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    found: dict[str, str] = {}
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if user:
+            found["user"] = unquote(user)
+        if colon:
+            found["password"] = unquote(password)
+    if "," in hostport:
+        raise bad("it names several hosts; L2C backup connects to one")
+    if hostport.startswith("["):
+        host, bracket, rest = hostport[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise bad("the IPv6 host is not closed with ']'")
+        port = rest[1:]
+    else:
+        host, _, port = hostport.partition(":")
+    if host:
+        found["host"] = unquote(host)
+    if port:
+        if not port.isdigit():
+            raise bad("the port is not a number")
+        found["port"] = port
+    path = parts.path
+    if path.startswith("/") and len(path) > 1:
+        if "/" in path[1:]:
+            raise bad("the database name contains '/'")
+        found["dbname"] = unquote(path[1:])
+    for pair in filter(None, parts.query.split("&")):
+        key, _, value = pair.partition("=")
+        key = unquote(key)
+        if key not in _URL_PARAMS:
+            raise bad(f"unknown parameter {key!r} (known: {', '.join(_URL_PARAMS)})")
+        found[key] = unquote(value)
+    return found
+
+
+def _to_int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigInvalid(f"{name} is not a number: {value!r}",
+                            hint=f"set {name} to a whole number") from None
+
+
+# -- connecting ----------------------------------------------------------------------------
+
+def connect(settings: DatabaseSettings) -> pg8000.native.Connection:
+    """A pg8000 connection that honours sslmode as libpq does:
+    disable: plain; allow: plain, then TLS if the server insists on it; prefer: TLS if
+    the server offers it, else plain; require: TLS, certificate not checked; verify-ca:
+    TLS with a certificate signed by sslrootcert; verify-full: that, and the certificate
+    names the host. Every failure is a DatabaseUnreachable that says what to fix."""
+    mode = settings.sslmode
+    try:
+        if mode == "disable":
+            return _open(settings, False)
+        if mode == "allow":
+            try:
+                return _open(settings, False)
+            except pg8000.native.DatabaseError as e:
+                if _code(e) != "28000":  # pg_hba.conf had no plain entry for us
+                    raise
+                return _open(settings, _tls_context(settings))
+        if mode == "prefer":
+            try:
+                # ssl_context=None is pg8000's own "prefer": it asks for TLS and carries
+                # on in plain text when the server answers that it has none.
+                return _open(settings, None)
+            except ssl.SSLError:
+                return _open(settings, False)  # offered TLS, but the handshake failed
+        return _open(settings, _tls_context(settings))
+    except (pg8000.native.InterfaceError, pg8000.native.DatabaseError, OSError) as e:
+        raise _unreachable_from(settings, e) from None
+
+
+def _open(settings: DatabaseSettings, ssl_context) -> pg8000.native.Connection:
+    timeout = settings.connect_timeout or None
+    if settings.host.startswith("/"):  # a socket directory, as in libpq
+        conn = pg8000.native.Connection(
+            settings.user, password=settings.password, database=settings.dbname,
+            unix_sock=f"{settings.host}/.s.PGSQL.{settings.port}", timeout=timeout,
+            application_name=APPLICATION_NAME)
+    else:
+        conn = pg8000.native.Connection(
+            settings.user, password=settings.password, database=settings.dbname,
+            host=settings.host, port=settings.port, ssl_context=ssl_context, timeout=timeout,
+            application_name=APPLICATION_NAME)
+    # pg8000's timeout covers every later read too; connect_timeout is only for the
+    # login, and a count(*) on a big table may take minutes.
+    sock = getattr(conn, "_usock", None)
+    if sock is not None:
+        sock.settimeout(None)
+    return conn
+
+
+def _tls_context(settings: DatabaseSettings) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if settings.sslmode in ("allow", "prefer", "require"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    cafile = settings.sslrootcert
+    if not cafile:
+        default = Path.home() / ".postgresql" / "root.crt"  # libpq's default
+        if not default.is_file():
+            raise ConfigInvalid(
+                f"sslmode={settings.sslmode} needs the CA certificate that signed the "
+                "server's certificate, and sslrootcert is not set",
+                hint="set sslrootcert in DATABASE_URL or PGSSLROOTCERT to the CA file "
+                     "(ApsaraDB RDS: download it from the instance's SSL page)")
+        cafile = str(default)
+    elif cafile == "system":  # libpq 16's keyword for the operating system's CAs
+        cafile = None
+    if cafile is not None:
+        try:
+            context = ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigInvalid(f"sslrootcert {cafile!r} cannot be read as a CA "
+                                f"certificate: {e}",
+                                hint="point sslrootcert / PGSSLROOTCERT at a PEM file") from None
+    context.check_hostname = settings.sslmode == "verify-full"
+    return context
+
+
+def _code(error: pg8000.native.DatabaseError) -> str | None:
+    info = error.args[0] if error.args else None
+    return info.get("C") if isinstance(info, dict) else None
+
+
+def _unreachable_from(settings: DatabaseSettings, error: Exception) -> DatabaseUnreachable:
+    """Turns a pg8000 / socket / TLS failure into the reason libpq would give."""
+    cause = error.__cause__ if isinstance(error, pg8000.native.InterfaceError) else error
+    if isinstance(error, pg8000.native.DatabaseError):
+        code = _code(error)
+        if code == "28P01":
+            reason = f'password authentication failed for user "{settings.user}"'
+        elif code == "3D000":
+            reason = f'database "{settings.dbname}" does not exist'
+        else:
+            info = error.args[0] if error.args else None
+            reason = info.get("M", str(info)) if isinstance(info, dict) else str(error)
+    elif isinstance(cause, ssl.SSLCertVerificationError):
+        reason = f"TLS certificate verify failed: {cause.verify_message}"
+    elif isinstance(cause, ssl.SSLError):
+        reason = f"TLS handshake failed: {cause.reason or cause}"
+    elif isinstance(cause, ConnectionRefusedError):
+        reason = "connection refused"
+    elif isinstance(cause, socket.gaierror):
+        reason = f"could not translate host name {settings.host!r} to an address"
+    elif isinstance(cause, (socket.timeout, TimeoutError)):
+        reason = f"timeout expired after {settings.connect_timeout} s"
+    elif isinstance(cause, OSError):
+        reason = cause.strerror or str(cause)
+    elif "refuses SSL" in str(error):
+        reason = f"server does not support SSL, but sslmode={settings.sslmode} requires it"
+    elif "password was provided" in str(error) or "no password" in str(error):
+        reason = f'the server wants a password for user "{settings.user}" and none is set'
+    elif "network error" in str(error):
+        reason = "the server closed the connection during login"
+    else:
+        reason = str(error)
+    return unreachable(settings, reason)
+
+
+def unreachable(settings: DatabaseSettings, reason: str, what: str = "cannot connect to"
+                ) -> DatabaseUnreachable:
+    """A DatabaseUnreachable for `reason` (pg8000's or libpq's words) with what to do
+    about it. Shared with the pg_dump runner, which only has libpq's stderr."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    hint = _hint_for(settings, reason.lower())
+    if "refused" in reason.lower():
+        reason += "; is PostgreSQL running, and is the host/port right?"
+    return DatabaseUnreachable(scrub(f"{what} {host}:{settings.port}: {reason}", settings),
+                               hint=scrub(hint, settings))
+
+
+def _hint_for(settings: DatabaseSettings, reason: str) -> str:
+    if "password authentication failed" in reason or "wants a password" in reason:
+        return (f"check the password of user {settings.user!r} in DATABASE_URL / PGPASSWORD "
+                "(percent-encode special characters in the URL)")
+    if "database" in reason and "does not exist" in reason:
+        return (f"check the database name {settings.dbname!r} in DATABASE_URL / PGDATABASE")
+    if "role" in reason and "does not exist" in reason:
+        return f"check the user name {settings.user!r} in DATABASE_URL / PGUSER"
+    if "ssl" in reason and ("not support" in reason or "refuses" in reason):
+        return ("the server has TLS turned off: turn it on (RDS: the instance's SSL page), "
+                "or set sslmode=prefer in DATABASE_URL to allow plain connections")
+    if "no encryption" in reason:
+        return "the server only accepts TLS connections: set sslmode=require (or verify-full)"
+    if "pg_hba.conf" in reason:
+        return ("the server does not let this user in from this address: add the "
+                "client's address to pg_hba.conf or the RDS whitelist")
+    if "certificate" in reason or "tls" in reason or "ssl" in reason:
+        return ("set sslrootcert to the CA that signed the server's certificate (RDS: "
+                "download it from the console), check that the host name matches it, or "
+                "use sslmode=require to encrypt without checking the certificate")
+    if "refused" in reason:
+        return ("start PostgreSQL, or fix the host/port in DATABASE_URL (PGHOST/PGPORT); on "
+                "FC check that the function runs in the database's VPC")
+    if "timeout" in reason or "timed out" in reason:
+        return ("no answer from the server: check the host/port, the security group or RDS "
+                "whitelist, and that the FC function is in the database's VPC")
+    if "host name" in reason:
+        return "check the host in DATABASE_URL / PGHOST"
+    if "too many" in reason or "starting up" in reason or "shutting down" in reason:
+        return "the server is busy or restarting: the next run will retry"
+    return "check DATABASE_URL (or the PG* variables) and that the server is up"
+
+
+def scrub(text: str, settings: DatabaseSettings) -> str:
+    """`text` with the password (raw or percent-encoded) blanked out, in case some tool
+    ever echoes it."""
+    if settings.password:
+        for form in {settings.password, quote(settings.password, safe="")}:
+            text = text.replace(form, "***")
+    return text
+
+
+# -- what is in the database ---------------------------------------------------------------
+
+@dataclass
+class ServerInfo:
+    server_version: str        # "15.19"
+    server_version_num: int    # 150019
+    database_size: int         # bytes, pg_database_size()
+    table_rows: dict[str, int]  # exact count(*) per table, keyed like "sales.orders"
+    large_objects: int = 0
+
+    @property
+    def major(self) -> int:
+        num = self.server_version_num
+        return num // 10000 if num >= 100000 else num // 100
+
+
+# Tables pg_dump carries data for: plain and partitioned tables outside the system
+# schemas (pg_toast and pg_temp_N included). Keys are quoted as SQL needs them
+# (format %I), so "sales.orders" but '"My Schema"."Odd Name"'; they match
+# l2c_local.pgcluster.table_counts.
+_USER_TABLES = r"""
+SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\_%' ORDER BY 1
+"""
+
+
+def inspect(settings: DatabaseSettings) -> ServerInfo:
+    """Server version, database size and exact row counts, all from one snapshot.
+    Exact counts (not pg_class.reltuples estimates) because restore checks compare them."""
+    conn = connect(settings)
+    try:
+        conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn.run("SET LOCAL statement_timeout = 0")  # as pg_dump does for itself
+        [[version, version_num, size]] = conn.run(
+            "SELECT current_setting('server_version'), "
+            "current_setting('server_version_num')::int, "
+            "pg_database_size(current_database())")
+        rows = {}
+        for [table] in conn.run(_USER_TABLES):
+            try:
+                [[rows[table]]] = conn.run(f"SELECT count(*) FROM {table}")
+            except pg8000.native.DatabaseError as e:
+                info = e.args[0] if isinstance(e.args[0], dict) else {"M": str(e)}
+                raise DumpFailed(
+                    f"cannot count the rows of {table} in {settings.where}: {info.get('M')}",
+                    hint=f"user {settings.user!r} needs SELECT on every table, as pg_dump "
+                         "does") from None
+        [[large_objects]] = conn.run("SELECT count(*) FROM pg_largeobject_metadata")
+        conn.run("COMMIT")
+    finally:
+        conn.close()
+    # "15.19 (Debian 15.19-0+deb12u1)" -> "15.19"
+    return ServerInfo(version.split()[0], version_num, size, rows, large_objects)
+
+
+def list_databases(settings: DatabaseSettings) -> list[str]:
+    """Databases `settings.user` can back up, sorted: every non-template database that
+    accepts connections and that the user may CONNECT to. `postgres` is included: it is
+    usually empty, but some applications keep their tables there; callers that back up
+    "all databases" decide for themselves whether to skip it."""
+    conn = connect(settings)
+    try:
+        rows = conn.run(
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
+            "AND has_database_privilege(datname, 'CONNECT') ORDER BY datname")
+    finally:
+        conn.close()
+    return [name for [name] in rows]
