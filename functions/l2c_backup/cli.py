@@ -5,11 +5,11 @@ import argparse
 import logging
 import sys
 
-from . import __version__
-from .commands import demo, oss_server
+from . import __version__, logs
+from .commands import backup, demo, oss_server
 from .errors import L2CError
 
-COMMANDS = (demo, oss_server)
+COMMANDS = (backup, demo, oss_server)
 
 
 def build_parser():
@@ -18,6 +18,7 @@ def build_parser():
         description="PostgreSQL backups to Aliyun OSS: backup, verify, prune, restore, drills.")
     parser.add_argument("--version", action="version", version=f"l2c-backup {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines (as in FC)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.add_parser(subparsers)
@@ -26,12 +27,11 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(json_lines=args.log_json, level=logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.run(args) or 0
     except L2CError as err:
-        print(f"l2c-backup {args.command}: {err}", file=sys.stderr)
+        print(f"l2c-backup {args.command}: {logs.redact(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         return 130

@@ -32,3 +32,34 @@ class LocalServiceFailed(L2CError):
     """A local stand-in (OSS server, throwaway cluster) did not start or answer."""
     exit_code = 4
     severity = "warning"
+
+
+class DatabaseUnreachable(L2CError):
+    """The database server cannot be reached, or refused the login."""
+    exit_code = 10
+
+
+class PgDumpTooOld(L2CError):
+    """The bundled pg_dump is older than the server: pg_dump would abort with
+    "server version mismatch", so we refuse before starting."""
+    exit_code = 11
+
+
+class DumpFailed(L2CError):
+    """pg_dump exited with an error, was killed, or its output was incomplete."""
+    exit_code = 12
+
+
+class UploadFailed(L2CError):
+    """The backup could not be written to its target (OSS or a directory)."""
+    exit_code = 13
+
+
+class EventInvalid(L2CError):
+    """An FC event did not match its schema (names the field)."""
+    exit_code = 2
+
+
+class BackupTimeout(L2CError):
+    """The backup ran past its time budget (the FC function timeout less a margin)."""
+    exit_code = 14

@@ -1,0 +1,54 @@
+"""FC handler of the `backup` function (timer daily / weekly, `s invoke` manual).
+
+Parse the event, build the config (credentials from the function's role), run the
+backup, return a JSON summary. A failure is logged as an error line and re-raised, so FC
+records the invocation as failed; nothing is swallowed.
+"""
+import json
+import logging
+import os
+
+from l2c_backup import config, events, logs
+from l2c_backup.backup import run_backup
+from l2c_backup.errors import L2CError
+
+log = logging.getLogger("l2c_backup.handler.backup")
+
+TIMEOUT_MARGIN_SECONDS = 60  # leave time to abort the upload and report before FC kills us
+
+
+def credentials_from(context):
+    """python3.10 hands the role's STS credentials in the context; python3.12 does not,
+    and config falls back to ALIBABA_CLOUD_ACCESS_KEY_ID / SECRET / SECURITY_TOKEN."""
+    creds = getattr(context, "credentials", None)
+    if creds is None or not getattr(creds, "access_key_id", None):
+        return None
+    return (creds.access_key_id, creds.access_key_secret, getattr(creds, "security_token", "") or "")
+
+
+def time_budget(context, environ):
+    if environ.get("BACKUP_TIMEOUT_SECONDS"):
+        return None  # config reads it
+    function = getattr(context, "function", None)
+    timeout = int(getattr(function, "timeout", 0) or 0)
+    return max(timeout - TIMEOUT_MARGIN_SECONDS, 60) if timeout else None
+
+
+def handler(event, context):
+    logs.setup(json_lines=True)
+    request_id = getattr(context, "request_id", "") or ""
+    with logs.bound(request_id=request_id, function="backup"):
+        try:
+            request = events.parse_backup_event(event)
+            creds = credentials_from(context)
+            if creds:
+                logs.register_secret(creds[1], creds[2])
+            cfg = config.load(credentials=creds)
+            budget = time_budget(context, os.environ)
+            if budget:
+                cfg.timeout_seconds = budget
+            summary = run_backup(cfg, request["kind"], request_id=request_id)
+        except L2CError as err:
+            log.error("backup failed (%s, severity %s): %s", type(err).__name__, err.severity, err)
+            raise
+    return json.dumps(summary)

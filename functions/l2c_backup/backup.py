@@ -1,0 +1,254 @@
+"""The backup operation: pre-flight, pg_dump -> parallel gzip -> storage, then the manifest.
+
+A backup only counts once its object and its manifest both exist: the object appears
+whole or not at all (multipart complete, or rename into place), the manifest is written
+after it, and any failure on the way leaves neither behind.
+"""
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+import oss2
+
+from . import __version__, manifest, names
+from .compress import gzip_members
+from .database import inspect, list_databases
+from .dump import PgDump, check_dump_compatible, find_pg_tool, globals_dump, pg_tool_version
+from .errors import BackupTimeout, L2CError, UploadFailed
+from .logs import bound
+from .retry import describe
+from .storage import open_storage
+
+log = logging.getLogger(__name__)
+
+BLOCK_SIZE = 4 * 1024 * 1024  # one gzip member per 4 MiB of SQL: ~0.05% size cost
+
+
+@dataclass
+class Outcome:
+    """What one backup (one database, or the globals) produced."""
+    database: str
+    key: str
+    manifest_key: str = ""
+    size: int = 0
+    sql_bytes: int = 0
+    sha256: str = ""
+    seconds: float = 0.0
+    skipped: str = ""  # why nothing was written (an earlier run already made this one)
+
+    def summary(self):
+        out = {"database": self.database, "key": self.key, "bytes": self.size,
+               "sql_bytes": self.sql_bytes, "sha256": self.sha256, "seconds": round(self.seconds, 3)}
+        if self.skipped:
+            out["skipped"] = self.skipped
+        return out
+
+
+class _Meter:
+    """Counts and hashes the compressed stream on its way to storage, and enforces the
+    time budget between chunks (so a stuck upload or dump cannot run past FC's timeout)."""
+
+    def __init__(self, deadline, progress):
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.members = 0
+        self.deadline = deadline
+        self.progress = progress
+
+    def wrap(self, members, dump):
+        for member in members:
+            self.sha256.update(member)
+            self.size += len(member)
+            self.members += 1
+            if self.deadline and time.monotonic() > self.deadline:
+                raise BackupTimeout("backup ran past its time budget and was stopped",
+                                    "raise BACKUP_TIMEOUT_SECONDS (and the FC function timeout)")
+            if self.progress:
+                self.progress(dump.sql_bytes, self.size)
+            yield member
+
+
+def run_backup(config, kind, request_id="", when=None, after_success=(), progress=None):
+    """Backs up every configured database (and the globals when asked) as `kind`.
+
+    Returns the summary dict. Raises the first L2CError after trying every database, so
+    one broken database does not cost the others their backup. `after_success` hooks
+    (the retention prune) run once all succeeded; a failing hook is logged, never fatal.
+    """
+    when = when or names.now()
+    started = time.monotonic()
+    deadline = started + config.timeout_seconds if config.timeout_seconds else None
+    pg_dump_path = find_pg_tool("pg_dump")
+    storage = open_storage(config.target, config.oss)
+    databases = _databases(config)
+    multi = len(databases) > 1
+    outcomes, failures = [], []
+    with bound(request_id=request_id or None, kind=kind):
+        for dbname in databases:
+            settings = config.database.with_dbname(dbname)
+            with bound(database=dbname):
+                try:
+                    outcomes.append(backup_database(config, storage, kind, settings, when,
+                                                    pg_dump_path, request_id, deadline, progress,
+                                                    folder=dbname if multi else None))
+                except L2CError as err:
+                    log.error("backup of %s failed: %s", dbname, err)
+                    failures.append(err)
+        if config.with_globals and not failures:
+            with bound(database="(globals)"):
+                outcomes.append(backup_globals(config, storage, kind, when, request_id, deadline))
+        if failures:
+            raise failures[0]
+        for hook in after_success:
+            try:
+                hook(kind, storage, outcomes)
+            except Exception as exc:
+                log.warning("after-backup step %s failed (the backup itself is fine): %s",
+                            getattr(hook, "__name__", hook), exc)
+    return {"kind": kind, "target": storage.url, "request_id": request_id,
+            "seconds": round(time.monotonic() - started, 3),
+            "backups": [o.summary() for o in outcomes]}
+
+
+def _databases(config):
+    if config.databases == ["all"]:
+        found = list_databases(config.database)
+        if not found:
+            raise L2CError("BACKUP_DATABASES=all found no database to back up",
+                           "check that the user may connect to the databases")
+        return found
+    return config.databases or [config.database.dbname]
+
+
+def _choose_key(storage, kind, when, folder):
+    """The key for this run, or (key, reason) when this kind's backup already exists.
+
+    daily and weekly are one per day / week: a repeated run (timers deliver at least
+    once) finds the complete backup, manifest included, and leaves it alone. One that
+    finds an object without a manifest (a run that died) replaces it only once the new
+    object is whole. A manual backup never overwrites: a clash in the same second gets
+    a numbered name."""
+    collision = 0
+    while True:
+        key = names.backup_key(storage.prefix, kind, when, folder, collision)
+        has_object = _storage(storage.head, key) is not None
+        has_manifest = _storage(storage.head, names.manifest_key(key)) is not None
+        if kind != "manual":
+            if has_object and has_manifest:
+                return key, f"the {kind} backup {key} already exists"
+            return key, ""
+        if not has_object and not has_manifest:
+            return key, ""
+        collision += 1
+
+
+def backup_database(config, storage, kind, settings, when, pg_dump_path, request_id="",
+                    deadline=None, progress=None, folder=None):
+    info = inspect(settings)  # pre-flight: reachable, password right, versions, sizes
+    pg_dump_version, pg_dump_num = pg_tool_version(pg_dump_path)
+    check_dump_compatible(pg_dump_num, info.server_version_num)
+    key, skipped = _choose_key(storage, kind, when, folder)
+    if skipped:
+        log.info("%s; nothing to do", skipped)
+        return Outcome(settings.dbname, key, names.manifest_key(key), skipped=skipped)
+    return _backup_stream(config, storage, kind, key, settings, info, pg_dump_version,
+                          PgDump(settings, pg_dump_path), "database", request_id, deadline,
+                          progress)
+
+
+def backup_globals(config, storage, kind, when, request_id="", deadline=None):
+    """Roles and tablespaces (`pg_dumpall --globals-only`) beside the database backups."""
+    pg_dumpall = find_pg_tool("pg_dumpall")
+    info = inspect(config.database)
+    version, num = pg_tool_version(pg_dumpall)
+    check_dump_compatible(num, info.server_version_num)
+    info.table_rows, info.database_size = {}, 0  # a globals dump holds no table
+    key = names.globals_key(storage.prefix, kind, when)
+    if kind != "manual" and _storage(storage.head, names.manifest_key(key)):
+        return Outcome("(globals)", key, names.manifest_key(key),
+                       skipped=f"the {kind} globals backup {key} already exists")
+    process = globals_dump(config.database, pg_dumpall, config.no_role_passwords)
+    return _backup_stream(config, storage, kind, key, config.database, info, version, process,
+                          "globals", request_id, deadline, None)
+
+
+def _backup_stream(config, storage, kind, key, settings, info, tool_version, process, content,
+                   request_id, deadline, progress):
+    """Streams one dump process into `key`, then writes its manifest."""
+    started_at = names.now()
+    started = time.monotonic()
+    with bound(key=key):
+        log.info("backing up %s of %s (%d bytes on disk) to %s", content, settings.dbname,
+                 info.database_size, storage.url + key[len(storage.prefix):])
+        meter = _Meter(deadline, progress)
+        with process:
+            stored = _store(storage, key, process, meter, config, info.database_size,
+                            overwrite=kind != "manual")
+        document = _manifest(config, storage, kind, key, settings, info, tool_version, stored,
+                             meter, process.sql_bytes, started_at, started, request_id, content)
+        manifest_key = names.manifest_key(key)
+        _storage(storage.put_bytes, manifest_key, manifest.dumps(document))
+        seconds = time.monotonic() - started
+        log.info("backup complete: %d bytes (%d of SQL) in %.1fs", stored.size,
+                 process.sql_bytes, seconds)
+        label = settings.dbname if content == "database" else "(globals)"
+        return Outcome(label, key, manifest_key, stored.size, process.sql_bytes,
+                       document["object"]["sha256"], seconds)
+
+
+def _store(storage, key, process, meter, config, expected_size, overwrite):
+    members = gzip_members(process.chunks(), config.gzip_level, config.gzip_workers or None,
+                           BLOCK_SIZE)
+    with contextlib.closing(members):  # stops the compression threads on any failure
+        return _storage(storage.put_stream, key, meter.wrap(members, process), expected_size,
+                      overwrite=overwrite)
+
+
+def _storage(call, key, *args, **kwargs):
+    """Runs a storage call, turning storage failures into UploadFailed (L2C errors such
+    as DumpFailed pass through unchanged: the dump broke, not the upload)."""
+    try:
+        return call(key, *args, **kwargs)
+    except L2CError:
+        raise
+    except oss2.exceptions.OssError as exc:
+        hint = {403: "check the AccessKey's permissions (oss:PutObject on the prefix) and the "
+                     "bucket policy", 404: "check OSS_BACKUP_BUCKET and that the bucket exists"}
+        raise UploadFailed(f"could not write {key} to OSS: {describe(exc)}",
+                           hint.get(exc.status, "check the OSS endpoint and network; the "
+                                                "upload was aborted and nothing was kept")) from None
+    except FileExistsError:
+        raise UploadFailed(f"{key} already exists and a backup never overwrites another",
+                           "run the backup again; it picks a new name") from None
+    except OSError as exc:
+        raise UploadFailed(f"could not write {key}: {exc.strerror or exc}",
+                           "check free space and permissions of the backup directory") from None
+
+
+def _manifest(config, storage, kind, key, settings, info, pg_dump_version, stored, meter,
+              sql_bytes, started_at, started, request_id, content):
+    finished_at = names.now()
+    oss = config.oss
+    return {
+        "format": manifest.FORMAT, "kind": kind, "content": content, "key": key,
+        "storage": storage.url, "database": settings.dbname,
+        "object": {"size": stored.size, "sha256": meter.sha256.hexdigest(),
+                   "crc64ecma": stored.crc64, "etag": stored.etag, "version_id": stored.version_id,
+                   "parts": stored.parts, "part_size": stored.extra.get("part_size", 0)},
+        "sql_bytes": sql_bytes,
+        "compression": {"format": "gzip", "level": config.gzip_level, "members": meter.members,
+                        "block_size": BLOCK_SIZE},
+        "started_at": started_at.isoformat(), "finished_at": finished_at.isoformat(),
+        "duration_seconds": round(time.monotonic() - started, 3),
+        "server": {"host": settings.host, "port": settings.port, "version": info.server_version,
+                   "version_num": info.server_version_num},
+        "pg_dump_version": pg_dump_version,
+        "database_size": info.database_size,
+        "table_rows": info.table_rows,
+        "encryption": {"server_side": (oss.server_side_encryption or None) if oss else None,
+                       "kms_key_id": (oss.kms_key_id or None) if oss else None},
+        "request_id": request_id,
+        "tool": {"name": "l2c-backup", "version": __version__},
+    }

@@ -1,0 +1,131 @@
+"""Configuration from environment variables (FC function config or a shell), checked
+against one JSON schema at start. An error names the variable and what it must look
+like, and never echoes a value: DATABASE_URL and the keys carry secrets."""
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import jsonschema
+
+from .database import DatabaseSettings
+from .errors import ConfigInvalid
+from .logs import register_secret
+from .storage.oss import MIB, OSSSettings
+
+_FLAG = {"type": "string", "pattern": "^(?i:true|false|yes|no|1|0|on|off)$",
+         "description": "true or false"}
+_COUNT = {"type": "string", "pattern": "^[1-9][0-9]{0,5}$", "description": "a positive whole number"}
+
+ENV_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "DATABASE_URL": {"type": "string", "pattern": "^postgres(ql)?://",
+                         "description": "a URL like postgresql://user:password@host:5432/dbname"},
+        "BACKUP_DATABASES": {"type": "string", "pattern": r"^(all|[^,\s]+(,[^,\s]+)*)$",
+                             "description": "'all' or a comma-separated list of database names"},
+        "BACKUP_GLOBALS": _FLAG,
+        "BACKUP_NO_ROLE_PASSWORDS": _FLAG,
+        "BACKUP_TARGET": {"type": "string", "minLength": 1,
+                          "description": "oss://bucket/prefix or a directory path"},
+        "OSS_ENDPOINT": {"type": "string", "pattern": "^https?://[^/]+/?$",
+                         "description": "an endpoint URL like https://oss-cn-hangzhou.aliyuncs.com"},
+        "OSS_BACKUP_BUCKET": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$",
+                              "description": "a bucket name: 3-63 lower-case letters, digits, hyphens"},
+        "OSS_BACKUP_PREFIX": {"type": "string", "pattern": "^[^/].*$|^$",
+                              "description": "a key prefix like db-backups/ (no leading slash)"},
+        "OSS_REGION": {"type": "string", "pattern": "^[a-z]{2}-[a-z0-9-]+$",
+                       "description": "a region id like cn-hangzhou (turns on V4 signatures)"},
+        "OSS_SERVER_SIDE_ENCRYPTION": {"enum": ["", "AES256", "KMS"],
+                                       "description": "AES256, KMS or empty"},
+        "GZIP_LEVEL": {"type": "string", "pattern": "^[0-9]$", "description": "0 to 9"},
+        "GZIP_WORKERS": _COUNT,
+        "UPLOAD_CONCURRENCY": {"type": "string", "pattern": "^([1-9]|1[0-6])$",
+                               "description": "1 to 16 parts uploading at once"},
+        "UPLOAD_MIN_PART_MB": {"type": "string", "pattern": "^([1-9]|[1-9][0-9]{1,3})$",
+                               "description": "part size floor in MiB, 1 to 9999"},
+        "BACKUP_TIMEOUT_SECONDS": _COUNT,
+    },
+}
+
+
+def _flag(value):
+    return str(value).lower() in ("true", "yes", "1", "on")
+
+
+def check_env(environ):
+    values = {k: environ[k] for k in ENV_SCHEMA["properties"] if k in environ}
+    for err in jsonschema.Draft7Validator(ENV_SCHEMA).iter_errors(values):
+        name = err.absolute_path[0] if err.absolute_path else "?"
+        rule = ENV_SCHEMA["properties"].get(name, {}).get("description", err.validator)
+        raise ConfigInvalid(f"environment variable {name} is invalid: it must be {rule}",
+                            f"fix or unset {name}")
+
+
+@dataclass
+class BackupConfig:
+    database: DatabaseSettings
+    target: str
+    oss: Optional[OSSSettings] = None
+    databases: list = field(default_factory=list)  # [] = the URL's database; ["all"] = every one
+    with_globals: bool = False
+    no_role_passwords: bool = False
+    gzip_level: int = 6
+    gzip_workers: int = 0  # 0 = one per available core
+    timeout_seconds: int = 0  # 0 = no budget (CLI); FC sets its function timeout minus a margin
+
+    def __repr__(self):
+        return f"BackupConfig(database={self.database!r}, target={self.target!r}, oss={self.oss!r})"
+
+
+def oss_settings(environ, credentials=None):
+    """OSS settings from the environment; `credentials` (access_key_id, access_key_secret,
+    security_token) from the FC context win over variables."""
+    endpoint = environ.get("OSS_ENDPOINT")
+    if not endpoint:
+        raise ConfigInvalid("OSS_ENDPOINT is not set", "set OSS_ENDPOINT, e.g. "
+                            "https://oss-cn-hangzhou-internal.aliyuncs.com (inside FC)")
+    if credentials is None:
+        ak = environ.get("OSS_ACCESS_KEY_ID") or environ.get("ALIBABA_CLOUD_ACCESS_KEY_ID")
+        sk = environ.get("OSS_ACCESS_KEY_SECRET") or environ.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+        token = environ.get("OSS_SECURITY_TOKEN") or environ.get("ALIBABA_CLOUD_SECURITY_TOKEN", "")
+        credentials = (ak, sk, token)
+    ak, sk, token = credentials
+    if not ak or not sk:
+        raise ConfigInvalid("no OSS credentials: OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET are "
+                            "not set", "set both (or, in FC, give the function a role)")
+    sse = environ.get("OSS_SERVER_SIDE_ENCRYPTION", "")
+    return OSSSettings(
+        endpoint=endpoint.rstrip("/"), access_key_id=ak, access_key_secret=sk,
+        security_token=token or "", region=environ.get("OSS_REGION", ""),
+        server_side_encryption=sse, kms_key_id=environ.get("OSS_SSE_KMS_KEY_ID", "") if sse == "KMS" else "",
+        concurrency=int(environ.get("UPLOAD_CONCURRENCY", 2)),
+        min_part_size=int(environ.get("UPLOAD_MIN_PART_MB", 8)) * MIB)
+
+
+def load(environ=None, database_url=None, target=None, credentials=None):
+    """The backup configuration; explicit arguments (CLI flags, FC context) win over env."""
+    environ = dict(os.environ if environ is None else environ)
+    if database_url:
+        environ["DATABASE_URL"] = database_url
+    if target:
+        environ["BACKUP_TARGET"] = target
+    check_env(environ)
+    database = DatabaseSettings.from_url(environ.get("DATABASE_URL"), environ)
+    target = environ.get("BACKUP_TARGET")
+    if not target:
+        bucket = environ.get("OSS_BACKUP_BUCKET")
+        if not bucket:
+            raise ConfigInvalid("no backup target: OSS_BACKUP_BUCKET is not set",
+                                "set OSS_BACKUP_BUCKET (and OSS_ENDPOINT), or give --to DIR")
+        target = f"oss://{bucket}/{environ.get('OSS_BACKUP_PREFIX', 'db-backups/')}"
+    oss = oss_settings(environ, credentials) if target.startswith("oss://") else None
+    register_secret(database.password, *((oss.access_key_secret, oss.security_token) if oss else ()))
+    databases = environ.get("BACKUP_DATABASES", "")
+    return BackupConfig(
+        database=database, target=target, oss=oss,
+        databases=[d for d in databases.split(",") if d],
+        with_globals=_flag(environ.get("BACKUP_GLOBALS", "false")),
+        no_role_passwords=_flag(environ.get("BACKUP_NO_ROLE_PASSWORDS", "false")),
+        gzip_level=int(environ.get("GZIP_LEVEL", 6)),
+        gzip_workers=int(environ.get("GZIP_WORKERS", 0)),
+        timeout_seconds=int(environ.get("BACKUP_TIMEOUT_SECONDS", 0)))

@@ -1,0 +1,61 @@
+"""FC events for the backup function, validated with JSON schemas.
+
+A timer delivers `{"triggerTime", "triggerName", "payload"}` with the payload a JSON
+string; `s invoke -e '{"kind":"manual"}'` delivers the request itself. Both become one
+request dict, or EventInvalid naming the field that is wrong.
+"""
+import json
+
+import jsonschema
+
+from .errors import EventInvalid
+from .names import ISO_TIME, KINDS
+
+BACKUP_REQUEST_SCHEMA = {
+    "type": "object",
+    "required": ["kind"],
+    "additionalProperties": False,
+    "properties": {"kind": {"enum": list(KINDS)}},
+}
+
+TIMER_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["triggerTime", "triggerName", "payload"],
+    # a pattern, not "format": jsonschema checks date-time only with an extra package
+    "properties": {"triggerTime": {"type": "string", "pattern": ISO_TIME},
+                   "triggerName": {"type": "string"},
+                   "payload": {"type": "string"}},
+}
+
+
+def _check(instance, schema, what):
+    for err in jsonschema.Draft7Validator(schema).iter_errors(instance):
+        field = ".".join(str(p) for p in err.absolute_path) or err.validator
+        if err.validator == "required":
+            field = err.message.split("'")[1]
+        raise EventInvalid(f"{what}: field {field!r} is invalid: {err.message}",
+                           'send {"kind": "daily" | "weekly" | "manual"}')
+
+
+def _json(data, what):
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise EventInvalid(f"{what} is not JSON: {err}",
+                           'send JSON such as {"kind": "manual"}') from None
+
+
+def parse_backup_event(event):
+    """The backup request in an FC event (bytes or str of JSON, or an already parsed dict)."""
+    body = _json(event, "event") if isinstance(event, (bytes, str)) else event
+    if not isinstance(body, dict):
+        raise EventInvalid("event must be a JSON object", 'send {"kind": "manual"}')
+    if "triggerName" in body or "triggerTime" in body:
+        _check(body, TIMER_EVENT_SCHEMA, "timer event")
+        body = _json(body["payload"], "timer payload")
+        if not isinstance(body, dict):
+            raise EventInvalid("timer payload must be a JSON object", 'set payload {"kind": "daily"}')
+        _check(body, BACKUP_REQUEST_SCHEMA, "timer payload")
+    else:
+        _check(body, BACKUP_REQUEST_SCHEMA, "event")
+    return body

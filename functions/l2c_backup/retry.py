@@ -1,0 +1,53 @@
+"""Retry policies, declared once: every OSS call and (later) every alert send goes
+through these, with their limits in one place (after restic's retry backend)."""
+import logging
+
+import oss2
+from tenacity import (RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay,
+                      wait_random_exponential)
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 6  # first try + 5 retries
+MAX_WAIT_SECONDS = 20  # cap of one backoff step (jittered exponential from 0.5 s)
+MAX_TOTAL_SECONDS = 300  # give up on one call after five minutes
+
+# Errors that another try cannot fix: wrong credentials, missing bucket, refused access.
+PERMANENT_CODES = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
+    "InvalidSecurityToken", "SecurityTokenExpired", "InvalidBucketName", "InvalidArgument",
+    "InvalidObjectName", "EntityTooSmall", "InvalidPart", "InvalidPartOrder", "NoSuchUpload",
+    "FileImmutable", "FileAlreadyExists", "InvalidEncryptionAlgorithmError", "MalformedXML",
+})
+
+
+def is_transient(exc):
+    """True for failures worth another try: 5xx, throttling, dropped connections."""
+    if isinstance(exc, oss2.exceptions.RequestError):
+        return True  # connection refused / reset / timed out on the way
+    if isinstance(exc, oss2.exceptions.ServerError):
+        if exc.code in PERMANENT_CODES:
+            return False
+        return exc.status >= 500 or exc.status in (408, 429) or exc.status < 0
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def _log_retry(state: RetryCallState):
+    exc = state.outcome.exception()
+    log.warning("retrying %s after attempt %d failed: %s", getattr(state.fn, "__name__", "call"),
+                state.attempt_number, describe(exc))
+
+
+def describe(exc):
+    """One line about an OSS failure that carries no secret (no headers, no signature)."""
+    if isinstance(exc, oss2.exceptions.OssError):
+        return f"OSS {exc.status} {exc.code or type(exc).__name__}: {exc.message or ''}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+def oss_policy(attempts=ATTEMPTS, max_total=MAX_TOTAL_SECONDS):
+    """kwargs for tenacity.Retrying / @retry around one OSS request."""
+    return dict(retry=retry_if_exception(is_transient),
+                wait=wait_random_exponential(multiplier=0.5, max=MAX_WAIT_SECONDS),
+                stop=stop_after_attempt(attempts) | stop_after_delay(max_total),
+                before_sleep=_log_retry, reraise=True)

@@ -1,0 +1,94 @@
+"""Backups in a local directory (PLAN's local tier): the same key layout as OSS.
+
+An object is written to a hidden temporary file beside its final name, flushed to disk,
+then renamed into place, so a reader never sees half a backup; a crash leaves only a
+`.partial-*` file, which `list` ignores.
+"""
+import hashlib
+import os
+import uuid
+
+from oss2.utils import Crc64
+
+from . import StoredObject
+
+PARTIAL = ".partial-"
+
+
+class DirectoryStorage:
+    def __init__(self, root, prefix="db-backups/"):
+        self.root = os.path.abspath(root)
+        self.prefix = prefix
+        self.url = self.root
+
+    def _path(self, key):
+        path = os.path.normpath(os.path.join(self.root, key))
+        if not path.startswith(self.root + os.sep):
+            raise ValueError(f"key {key!r} points outside {self.root}")
+        return path
+
+    def put_stream(self, key, chunks, expected_size=0, overwrite=True):
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(path), f"{PARTIAL}{uuid.uuid4().hex}-{os.path.basename(path)}")
+        crc, md5, size = Crc64(0), hashlib.md5(), 0
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                    crc.update(chunk)
+                    md5.update(chunk)
+                    size += len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # fails with FileExistsError instead of replacing
+                os.unlink(tmp)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return StoredObject(key, size, md5.hexdigest().upper(), str(crc.crc))
+
+    def put_bytes(self, key, data, overwrite=True):
+        return self.put_stream(key, [data], len(data), overwrite)
+
+    def head(self, key):
+        try:
+            st = os.stat(self._path(key))
+        except FileNotFoundError:
+            return None
+        return StoredObject(key, st.st_size, last_modified=st.st_mtime)
+
+    def open(self, key, chunk_size=1 << 20):
+        f = open(self._path(key), "rb")  # FileNotFoundError before the first chunk
+
+        def chunks():
+            with f:
+                while True:
+                    data = f.read(chunk_size)
+                    if not data:
+                        return
+                    yield data
+        return chunks()
+
+    def list(self, prefix):
+        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        found = []
+        for folder, _, files in os.walk(base if os.path.isdir(base) else os.path.dirname(base)):
+            for name in files:
+                if name.startswith(PARTIAL):
+                    continue
+                key = os.path.relpath(os.path.join(folder, name), self.root).replace(os.sep, "/")
+                if key.startswith(prefix):
+                    found.append(key)
+        for key in sorted(found):
+            yield self.head(key)
+
+    def delete(self, key):
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
