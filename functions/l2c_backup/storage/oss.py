@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 MIN_PART_SIZE = 8 * MIB
 MAX_PARTS = 10_000
+MAX_PART_SIZE = 5 * 1024 * MIB
 PART_HEADROOM = 9_000  # plan for fewer parts than the limit: the size is only an estimate
 
 
@@ -180,9 +181,10 @@ class _MultipartUpload:
 
     def _grow_parts(self, number):
         # The estimate was wrong (or absent): from half the planned parts on, double the
-        # part size every 1,000 parts, so any size fits under the 10,000-part limit.
-        if number >= PART_HEADROOM // 2 and number % 1000 == 0:
-            self.part_size *= 2
+        # part size every 500 parts (to OSS's 5 GiB limit), so even terabytes fit under the
+        # 10,000-part limit. Memory grows with it, but only for such outsized dumps.
+        if number >= PART_HEADROOM // 2 and number % 500 == 0:
+            self.part_size = min(self.part_size * 2, MAX_PART_SIZE)
 
     def _submit(self, pool, number, data):
         self.slots.acquire()  # blocks the reader while `concurrency` parts are in flight
