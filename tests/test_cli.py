@@ -14,7 +14,7 @@ def run_cli(*args, **kwargs):
     return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=300, **kwargs)
 
 
-@pytest.mark.parametrize("command", [[], ["oss-server"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["backup"], ["oss-server"], ["demo"]])
 def test_every_command_has_help(command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -70,16 +70,39 @@ def test_oss_server_command_names_a_port_in_use(tmp_path):
         stop(proc)
 
 
-def test_demo_runs_the_local_setup_end_to_end():
+def test_demo_backs_up_the_seeded_cluster_to_local_oss_and_proves_the_restore():
     result = run_cli("demo")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "multipart upload of 3 parts completed" in result.stdout
-    assert "seeded database l2c_demo" in result.stdout
+    assert "backup: oss://l2c-backups/db-backups/manual/backup_" in result.stdout
+    assert '"sales.orders": 119978' in result.stdout  # the manifest is shown
+    assert "| gunzip | psql" in result.stdout
+    assert "all 7 tables and the large objects equal the source" in result.stdout
+
+
+def test_backup_command_writes_to_a_directory_and_prints_a_json_summary(pg_cluster, seeded_db,
+                                                                        tmp_path):
+    result = run_cli("backup", "--kind", "daily", "--database-url", pg_cluster.url(seeded_db),
+                     "--to", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    (done,) = json.loads(result.stdout)["backups"]
+    assert (tmp_path / done["key"]).stat().st_size == done["bytes"] > 0
+    assert (tmp_path / (done["key"] + ".manifest.json")).exists()
+
+    again = run_cli("backup", "--kind", "daily", "--database-url", pg_cluster.url(seeded_db),
+                    "--to", str(tmp_path))
+    assert again.returncode == 0 and "skipped: the daily backup" in again.stdout
+
+
+def test_backup_command_without_a_target_says_which_variable_to_set(pg_cluster, seeded_db):
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": pg_cluster.url(seeded_db)}
+    result = run_cli("backup", env=env)
+    assert result.returncode == 2
+    assert "OSS_BACKUP_BUCKET is not set" in result.stderr
 
 
 def test_demo_with_an_unreachable_database_url_says_what_to_check(monkeypatch):
     env = {"DATABASE_URL": "postgresql://backup:s3cret-pw@127.0.0.1:1/app", "PATH": "/usr/bin:/bin"}
     result = run_cli("demo", env=env)
-    assert result.returncode == 1
-    assert "cannot connect to DATABASE_URL (127.0.0.1:1/app)" in result.stderr
+    assert result.returncode == 10  # DatabaseUnreachable
+    assert "cannot connect to 127.0.0.1:1: connection refused" in result.stderr
     assert "s3cret-pw" not in result.stdout + result.stderr

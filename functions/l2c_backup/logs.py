@@ -55,3 +55,5 @@ def setup(json_lines=False, level=logging.INFO):
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # oss2 logs every request and every 404 at INFO: keep that for -v only.
+    logging.getLogger("oss2").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
