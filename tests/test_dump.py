@@ -351,6 +351,6 @@ def test_globals_without_access_to_pg_authid_point_at_no_role_passwords(pg_clust
     as_app = settings_for(pg_cluster, user="dumpt_app", password="app-pw")
     with pytest.raises(DumpFailed, match="permission denied for table pg_authid") as err:
         list(dump_globals(as_app, pg_cluster.bin("pg_dumpall")))
-    assert "no-role-passwords" in err.value.hint
+    assert "BACKUP_NO_ROLE_PASSWORDS=true" in err.value.hint
     sql = b"".join(dump_globals(as_app, pg_cluster.bin("pg_dumpall"), no_role_passwords=True))
     assert b"CREATE ROLE dumpt_app;" in sql and b"SCRAM-SHA-256$" not in sql
