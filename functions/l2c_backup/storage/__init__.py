@@ -46,6 +46,16 @@ class Storage(Protocol):
         """Deletes key; deleting what does not exist succeeds (idempotent)."""
 
 
+def read_chunks(stream, chunk_size):
+    """Yields a readable stream's bytes chunk by chunk, closing it at the end."""
+    with stream:
+        while True:
+            data = stream.read(chunk_size)
+            if not data:
+                return
+            yield data
+
+
 def open_storage(target, oss_settings=None):
     """`oss://bucket/prefix` -> OSS (needs oss_settings); anything else is a directory."""
     if target.startswith("oss://"):

@@ -10,7 +10,7 @@ import uuid
 
 from oss2.utils import Crc64
 
-from . import StoredObject
+from . import StoredObject, read_chunks
 
 PARTIAL = ".partial-"
 
@@ -63,16 +63,8 @@ class DirectoryStorage:
         return StoredObject(key, st.st_size, last_modified=st.st_mtime)
 
     def open(self, key, chunk_size=1 << 20):
-        f = open(self._path(key), "rb")  # FileNotFoundError before the first chunk
-
-        def chunks():
-            with f:
-                while True:
-                    data = f.read(chunk_size)
-                    if not data:
-                        return
-                    yield data
-        return chunks()
+        # open now, so a missing file fails here rather than at the first chunk
+        return read_chunks(open(self._path(key), "rb"), chunk_size)
 
     def list(self, prefix):
         base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root

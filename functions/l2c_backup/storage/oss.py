@@ -15,7 +15,7 @@ from oss2.utils import Crc64
 from tenacity import Retrying
 
 from ..retry import describe, oss_policy
-from . import StoredObject
+from . import StoredObject, read_chunks
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +109,7 @@ class OSSStorage:
             stream = self._call(self.bucket.get_object, key)
         except oss2.exceptions.NoSuchKey:
             raise FileNotFoundError(f"{self.url} has no object {key}") from None
-
-        def chunks():
-            with stream:
-                while True:
-                    data = stream.read(chunk_size)
-                    if not data:
-                        return
-                    yield data
-        return chunks()
+        return read_chunks(stream, chunk_size)
 
     def list(self, prefix):
         for info in oss2.ObjectIteratorV2(self.bucket, prefix=prefix):
