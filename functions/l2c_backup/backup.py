@@ -7,6 +7,9 @@ after it, and any failure on the way leaves neither behind.
 import contextlib
 import hashlib
 import logging
+import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -16,7 +19,7 @@ from . import __version__, manifest, names
 from .compress import gzip_members
 from .database import inspect, list_databases
 from .dump import PgDump, check_dump_compatible, find_pg_tool, globals_dump, pg_tool_version
-from .errors import BackupTimeout, L2CError, UploadFailed
+from .errors import BackupTimeout, DumpFailed, L2CError, UploadFailed
 from .logs import bound
 from .retry import describe
 from .storage import open_storage
@@ -57,17 +60,52 @@ class _Meter:
         self.deadline = deadline
         self.progress = progress
 
+    @staticmethod
+    def timeout():
+        return BackupTimeout("backup ran past its time budget and was stopped",
+                             "raise BACKUP_TIMEOUT_SECONDS (and the FC function timeout)")
+
     def wrap(self, members, dump):
         for member in members:
             self.sha256.update(member)
             self.size += len(member)
             self.members += 1
             if self.deadline and time.monotonic() > self.deadline:
-                raise BackupTimeout("backup ran past its time budget and was stopped",
-                                    "raise BACKUP_TIMEOUT_SECONDS (and the FC function timeout)")
+                raise self.timeout()
             if self.progress:
                 self.progress(dump.sql_bytes, self.size)
             yield member
+
+
+class _Watchdog:
+    """Stops the dump process at the deadline, so a dump stuck on a lock or a slow
+    server cannot outlive the budget (the upload is then aborted as for any failure)."""
+
+    def __init__(self, deadline, process):
+        self.fired = False
+        self.timer = None
+        if deadline:
+            self.timer = threading.Timer(max(deadline - time.monotonic(), 0), self._fire, [process])
+            self.timer.daemon = True
+
+    def _fire(self, process):
+        self.fired = True
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            os.kill(process.pid, signal.SIGTERM)
+
+    def __enter__(self):
+        if self.timer:
+            self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.timer:
+            self.timer.cancel()
+
+
+def _remaining(deadline):
+    """Seconds left of the budget (at least 1), or 0 for no budget."""
+    return max(deadline - time.monotonic(), 1) if deadline else 0
 
 
 def run_backup(config, kind, request_id="", when=None, after_success=(), progress=None):
@@ -146,22 +184,24 @@ def _choose_key(storage, kind, when, folder):
 
 def backup_database(config, storage, kind, settings, when, pg_dump_path, request_id="",
                     deadline=None, progress=None, folder=None):
-    info = inspect(settings)  # pre-flight: reachable, password right, versions, sizes
+    # pre-flight: reachable, password right, versions, sizes
+    info = inspect(settings, _remaining(deadline))
     pg_dump_version, pg_dump_num = pg_tool_version(pg_dump_path)
     check_dump_compatible(pg_dump_num, info.server_version_num)
     key, skipped = _choose_key(storage, kind, when, folder)
     if skipped:
         log.info("%s; nothing to do", skipped)
         return Outcome(settings.dbname, key, names.manifest_key(key), skipped=skipped)
+    lock_wait = [f"--lock-wait-timeout={int(_remaining(deadline) * 1000)}"] if deadline else []
     return _backup_stream(config, storage, kind, key, settings, info, pg_dump_version,
-                          PgDump(settings, pg_dump_path), "database", request_id, deadline,
-                          progress)
+                          PgDump(settings, pg_dump_path, extra_args=lock_wait), "database",
+                          request_id, deadline, progress)
 
 
 def backup_globals(config, storage, kind, when, request_id="", deadline=None):
     """Roles and tablespaces (`pg_dumpall --globals-only`) beside the database backups."""
     pg_dumpall = find_pg_tool("pg_dumpall")
-    info = inspect(config.database)
+    info = inspect(config.database, _remaining(deadline))
     version, num = pg_tool_version(pg_dumpall)
     check_dump_compatible(num, info.server_version_num)
     info.table_rows, info.database_size = {}, 0  # a globals dump holds no table
@@ -183,9 +223,14 @@ def _backup_stream(config, storage, kind, key, settings, info, tool_version, pro
         log.info("backing up %s of %s (%d bytes on disk) to %s", content, settings.dbname,
                  info.database_size, storage.url + key[len(storage.prefix):])
         meter = _Meter(deadline, progress)
-        with process:
-            stored = _store(storage, key, process, meter, config, info.database_size,
-                            overwrite=kind != "manual")
+        with process, _Watchdog(deadline, process) as watchdog:
+            try:
+                stored = _store(storage, key, process, meter, config, info.database_size,
+                                overwrite=kind != "manual")
+            except DumpFailed:
+                if watchdog.fired:
+                    raise _Meter.timeout() from None
+                raise
         document = _manifest(config, storage, kind, key, settings, info, tool_version, stored,
                              meter, process.sql_bytes, started_at, started, request_id, content)
         manifest_key = names.manifest_key(key)
@@ -209,21 +254,23 @@ def _store(storage, key, process, meter, config, expected_size, overwrite):
 def _storage(call, key, *args, **kwargs):
     """Runs a storage call, turning storage failures into UploadFailed (L2C errors such
     as DumpFailed pass through unchanged: the dump broke, not the upload)."""
+    action = "check" if getattr(call, "__name__", "") == "head" else "write"
     try:
         return call(key, *args, **kwargs)
     except L2CError:
         raise
     except oss2.exceptions.OssError as exc:
-        hint = {403: "check the AccessKey's permissions (oss:PutObject on the prefix) and the "
-                     "bucket policy", 404: "check OSS_BACKUP_BUCKET and that the bucket exists"}
-        raise UploadFailed(f"could not write {key} to OSS: {describe(exc)}",
+        hint = {403: "check the AccessKey secret (or STS token), its permissions "
+                     "(oss:GetObject / oss:PutObject on the prefix) and the bucket policy",
+                404: "check OSS_BACKUP_BUCKET and that the bucket exists"}
+        raise UploadFailed(f"could not {action} {key} in OSS: {describe(exc)}",
                            hint.get(exc.status, "check the OSS endpoint and network; the "
                                                 "upload was aborted and nothing was kept")) from None
     except FileExistsError:
         raise UploadFailed(f"{key} already exists and a backup never overwrites another",
                            "run the backup again; it picks a new name") from None
     except OSError as exc:
-        raise UploadFailed(f"could not write {key}: {exc.strerror or exc}",
+        raise UploadFailed(f"could not {action} {key}: {exc.strerror or exc}",
                            "check free space and permissions of the backup directory") from None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import ssl
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pg8000.native
 
-from .errors import ConfigInvalid, DatabaseUnreachable, DumpFailed
+from .errors import BackupTimeout, ConfigInvalid, DatabaseUnreachable, DumpFailed
 
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 DEFAULT_CONNECT_TIMEOUT = 10  # seconds; libpq waits forever, which on FC burns the whole run
@@ -147,7 +148,10 @@ def _parse_url(url: str) -> dict[str, str]:
     scheme, sep, _ = url.partition("://")
     if not sep or scheme.lower() not in ("postgresql", "postgres"):
         raise bad("it must start with postgresql:// or postgres://")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unencoded [ or ] read as an IPv6 address
+        raise bad("it is not a valid URL (write [ and ] in the password as %5B and %5D)") from None
     if parts.fragment:
         raise bad("it has a '#' fragment (a '#' in the password must be written %23)")
     userinfo, at, hostport = parts.netloc.rpartition("@")
@@ -182,7 +186,11 @@ def _parse_url(url: str) -> dict[str, str]:
         key, _, value = pair.partition("=")
         key = unquote(key)
         if key not in _URL_PARAMS:
-            raise bad(f"unknown parameter {key!r} (known: {', '.join(_URL_PARAMS)})")
+            # Echo the name only when it looks like one: after an unencoded '?' in the
+            # password, the "parameter" is a piece of the password.
+            shown = repr(key) if re.fullmatch(r"[a-z_]{1,32}", key) else "(not shown)"
+            raise bad(f"unknown parameter {shown} (known: {', '.join(_URL_PARAMS)}; a '?' in "
+                      "the password must be written %3F)")
         found[key] = unquote(value)
     return found
 
@@ -397,13 +405,16 @@ WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_s
 """
 
 
-def inspect(settings: DatabaseSettings) -> ServerInfo:
+def inspect(settings: DatabaseSettings, timeout_seconds: float = 0) -> ServerInfo:
     """Server version, database size and exact row counts, all from one snapshot.
-    Exact counts (not pg_class.reltuples estimates) because restore checks compare them."""
+    Exact counts (not pg_class.reltuples estimates) because restore checks compare them.
+    A time budget (timeout_seconds > 0) bounds the wait for locks and the counting."""
     conn = connect(settings)
     try:
         conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        conn.run("SET LOCAL statement_timeout = 0")  # as pg_dump does for itself
+        budget_ms = int(timeout_seconds * 1000) if timeout_seconds > 0 else 0
+        conn.run(f"SET LOCAL statement_timeout = {budget_ms}")  # 0 = none, as pg_dump sets
+        conn.run(f"SET LOCAL lock_timeout = {budget_ms}")
         [[version, version_num, size]] = conn.run(
             "SELECT current_setting('server_version'), "
             "current_setting('server_version_num')::int, "
@@ -414,6 +425,12 @@ def inspect(settings: DatabaseSettings) -> ServerInfo:
                 [[rows[table]]] = conn.run(f"SELECT count(*) FROM {table}")
             except pg8000.native.DatabaseError as e:
                 info = e.args[0] if isinstance(e.args[0], dict) else {"M": str(e)}
+                if budget_ms and info.get("C") in ("55P03", "57014"):  # lock / statement timeout
+                    raise BackupTimeout(
+                        f"counting the rows of {table} in {settings.where} did not finish within "
+                        f"the backup's time budget ({info.get('M')})",
+                        hint="something holds a lock on it (see pg_locks); or raise "
+                             "BACKUP_TIMEOUT_SECONDS") from None
                 raise DumpFailed(
                     f"cannot count the rows of {table} in {settings.where}: {info.get('M')}",
                     hint=f"user {settings.user!r} needs SELECT on every table, as pg_dump "

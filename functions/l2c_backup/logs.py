@@ -32,6 +32,25 @@ def redact(text):
     return text
 
 
+def _redacting_record_factory(base):
+    # Masks secrets when a record is made, so no handler anywhere (FC's, a test's, an
+    # embedding app's) sees one: oss2 at DEBUG logs request headers and the STS token.
+    def make(*args, **kwargs):
+        record = base(*args, **kwargs)
+        if _secrets:
+            message = record.getMessage()
+            clean = redact(message)
+            if clean != message:
+                record.msg, record.args = clean, None
+        return record
+    make.l2c_redacting = True
+    return make
+
+
+if not getattr(logging.getLogRecordFactory(), "l2c_redacting", False):
+    logging.setLogRecordFactory(_redacting_record_factory(logging.getLogRecordFactory()))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record):
         line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z",

@@ -41,7 +41,9 @@ def _log_retry(state: RetryCallState):
 def describe(exc):
     """One line about an OSS failure that carries no secret (no headers, no signature)."""
     if isinstance(exc, oss2.exceptions.OssError):
-        return f"OSS {exc.status} {exc.code or type(exc).__name__}: {exc.message or ''}".strip()
+        # A HEAD answer has no body, so no code: say so rather than print an empty one.
+        code = exc.code or ("no error code (HEAD request)" if exc.status >= 400 else type(exc).__name__)
+        return f"OSS {exc.status} {code}: {exc.message or ''}".strip().rstrip(":")
     return f"{type(exc).__name__}: {exc}"
 
 
