@@ -11,19 +11,11 @@ import os
 from l2c_backup import config, events, logs
 from l2c_backup.backup import run_backup
 from l2c_backup.errors import L2CError
+from l2c_backup.fc import credentials_from
 
 log = logging.getLogger("l2c_backup.handler.backup")
 
 TIMEOUT_MARGIN_SECONDS = 60  # leave time to abort the upload and report before FC kills us
-
-
-def credentials_from(context):
-    """python3.10 hands the role's STS credentials in the context; python3.12 does not,
-    and config falls back to ALIBABA_CLOUD_ACCESS_KEY_ID / SECRET / SECURITY_TOKEN."""
-    creds = getattr(context, "credentials", None)
-    if creds is None or not getattr(creds, "access_key_id", None):
-        return None
-    return (creds.access_key_id, creds.access_key_secret, getattr(creds, "security_token", "") or "")
 
 
 def time_budget(context, environ):

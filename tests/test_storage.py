@@ -37,9 +37,10 @@ def test_a_failing_stream_leaves_nothing_behind(storage):
 
 def test_overwrite_false_never_replaces_an_existing_object(storage):
     storage.put_bytes("db-backups/manual/c.sql.gz", b"first")
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(FileExistsError):
         storage.put_stream("db-backups/manual/c.sql.gz", iter([b"second"]), overwrite=False)
-    assert "exist" in str(caught.value).lower() or "FileAlreadyExists" in repr(caught.value)
+    with pytest.raises(FileExistsError):
+        storage.put_bytes("db-backups/manual/c.sql.gz", b"third", overwrite=False)
     assert b"".join(storage.open("db-backups/manual/c.sql.gz")) == b"first"
 
 
@@ -64,3 +65,15 @@ def test_an_empty_stream_is_a_stored_empty_object(storage):
     stored = storage.put_stream("db-backups/manual/empty", iter([]))
     assert stored.size == 0
     assert b"".join(storage.open("db-backups/manual/empty")) == b""
+
+
+def test_tags_are_set_read_and_replaced(storage):
+    storage.put_bytes("db-backups/daily/t.sql.gz", b"x")
+    assert storage.get_tags("db-backups/daily/t.sql.gz") == {}
+    storage.set_tags("db-backups/daily/t.sql.gz", {"verify": "ok", "verify-reason": "ok"})
+    storage.set_tags("db-backups/daily/t.sql.gz", {"verify": "failed", "verify-reason": "truncated"})
+    assert storage.get_tags("db-backups/daily/t.sql.gz") == {"verify": "failed",
+                                                             "verify-reason": "truncated"}
+    assert [o.key for o in storage.list("db-backups/")] == ["db-backups/daily/t.sql.gz"]
+    with pytest.raises(FileNotFoundError):
+        storage.set_tags("db-backups/daily/none.sql.gz", {"verify": "ok"})

@@ -102,24 +102,33 @@ def oss_settings(environ, credentials=None):
         min_part_size=int(environ.get("UPLOAD_MIN_PART_MB", 8)) * MIB)
 
 
-def load(environ=None, database_url=None, target=None, credentials=None):
-    """The backup configuration; explicit arguments (CLI flags, FC context) win over env."""
+def storage_target(environ=None, target=None, credentials=None, flag="--to"):
+    """(target, OSS settings or None): where backups live, for every operation."""
     environ = dict(os.environ if environ is None else environ)
-    if database_url:
-        environ["DATABASE_URL"] = database_url
     if target:
         environ["BACKUP_TARGET"] = target
     check_env(environ)
-    database = DatabaseSettings.from_url(environ.get("DATABASE_URL"), environ)
     target = environ.get("BACKUP_TARGET")
     if not target:
         bucket = environ.get("OSS_BACKUP_BUCKET")
         if not bucket:
             raise ConfigInvalid("no backup target: OSS_BACKUP_BUCKET is not set",
-                                "set OSS_BACKUP_BUCKET (and OSS_ENDPOINT), or give --to DIR")
+                                f"set OSS_BACKUP_BUCKET (and OSS_ENDPOINT), or give {flag} DIR")
         target = f"oss://{bucket}/{environ.get('OSS_BACKUP_PREFIX', 'db-backups/')}"
     oss = oss_settings(environ, credentials) if target.startswith("oss://") else None
-    register_secret(database.password, *((oss.access_key_secret, oss.security_token) if oss else ()))
+    if oss:
+        register_secret(oss.access_key_secret, oss.security_token)
+    return target, oss
+
+
+def load(environ=None, database_url=None, target=None, credentials=None):
+    """The backup configuration; explicit arguments (CLI flags, FC context) win over env."""
+    environ = dict(os.environ if environ is None else environ)
+    if database_url:
+        environ["DATABASE_URL"] = database_url
+    target, oss = storage_target(environ, target, credentials)
+    database = DatabaseSettings.from_url(environ.get("DATABASE_URL"), environ)
+    register_secret(database.password)
     databases = environ.get("BACKUP_DATABASES", "")
     return BackupConfig(
         database=database, target=target, oss=oss,

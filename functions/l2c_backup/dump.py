@@ -286,11 +286,7 @@ class PgProcess:
                          hint="the message above is pg_dump's; fix its cause and run again")
 
     def _check_complete(self) -> None:
-        lines = [line.strip() for line in self._tail.split(b"\n")]
-        # pg_dump 17.6+/15.18+ follows the marker with `\unrestrict KEY`; pg_dumpall
-        # puts it before.
-        meaningful = [line for line in lines if line and not line.startswith(b"\\unrestrict ")]
-        if meaningful[-2:] != [self.marker, b"--"]:
+        if not ends_with_marker(self._tail, self.marker):
             raise DumpFailed(
                 f"incomplete dump: {self.name} of {self.settings.where} exited 0 but its "
                 f"output ({self.sql_bytes} bytes) does not end with "
@@ -333,6 +329,14 @@ class PgDump(PgProcess):
         argv.extend(extra_args)
         # The database name comes from PGDATABASE, so a name like "-x" is never an option.
         super().__init__(argv, settings, DUMP_COMPLETE, name="pg_dump")
+
+
+def ends_with_marker(tail: bytes, marker: bytes) -> bool:
+    """Whether SQL ending in `tail` ends as a finished dump: the marker line, then "--".
+    pg_dump 17.6+/15.18+ follows it with `\\unrestrict KEY`; pg_dumpall puts that before."""
+    lines = [line.strip() for line in tail.split(b"\n")]
+    meaningful = [line for line in lines if line and not line.startswith(b"\\unrestrict ")]
+    return meaningful[-2:] == [marker, b"--"]
 
 
 def globals_dump(settings: DatabaseSettings,

@@ -63,3 +63,8 @@ class EventInvalid(L2CError):
 class BackupTimeout(L2CError):
     """The backup ran past its time budget (the FC function timeout less a margin)."""
     exit_code = 14
+
+
+class BackupCorrupt(L2CError):
+    """A stored backup failed verification (names the check that failed)."""
+    exit_code = 15

@@ -28,13 +28,16 @@ TIMER_EVENT_SCHEMA = {
 }
 
 
+HINTS = {"OSS event": "attach the verify function to an OSS trigger (oss:ObjectCreated:*)"}
+
+
 def _check(instance, schema, what):
     for err in jsonschema.Draft7Validator(schema).iter_errors(instance):
         field = ".".join(str(p) for p in err.absolute_path) or err.validator
         if err.validator == "required":
             field = err.message.split("'")[1]
         raise EventInvalid(f"{what}: field {field!r} is invalid: {err.message}",
-                           'send {"kind": "daily" | "weekly" | "manual"}')
+                           HINTS.get(what, 'send {"kind": "daily" | "weekly" | "manual"}'))
 
 
 def _json(data, what):
@@ -59,3 +62,31 @@ def parse_backup_event(event):
     else:
         _check(body, BACKUP_REQUEST_SCHEMA, "event")
     return body
+
+
+OSS_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["events"],
+    "properties": {"events": {"type": "array", "minItems": 1, "items": {
+        "type": "object",
+        "required": ["eventName", "oss"],
+        "properties": {
+            "eventName": {"type": "string"},
+            "region": {"type": "string"},
+            "oss": {"type": "object", "required": ["bucket", "object"], "properties": {
+                "bucket": {"type": "object", "required": ["name"],
+                           "properties": {"name": {"type": "string", "minLength": 3}}},
+                "object": {"type": "object", "required": ["key"],
+                           "properties": {"key": {"type": "string", "minLength": 1},
+                                          "size": {"type": "integer"},
+                                          "eTag": {"type": "string"}}}}},
+        }}}},
+}
+
+
+def parse_oss_event(event):
+    """[(bucket, key, eventName)] of an OSS trigger event (possibly several records)."""
+    body = _json(event, "event") if isinstance(event, (bytes, str)) else event
+    _check(body, OSS_EVENT_SCHEMA, "OSS event")
+    return [(r["oss"]["bucket"]["name"], r["oss"]["object"]["key"], r["eventName"])
+            for r in body["events"]]

@@ -44,6 +44,10 @@ def globals_key(prefix, kind, when):
     return f"{prefix}{kind}/globals_{stamp(kind, when)}{SUFFIX}"
 
 
+def is_globals_key(prefix, key):
+    return re.fullmatch(rf"{re.escape(prefix)}(?:{'|'.join(KINDS)})/globals_[^/]+{re.escape(SUFFIX)}", key) is not None
+
+
 def manifest_key(key):
     return key + MANIFEST_SUFFIX
 

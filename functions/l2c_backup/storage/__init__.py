@@ -45,6 +45,12 @@ class Storage(Protocol):
     def delete(self, key: str) -> None:
         """Deletes key; deleting what does not exist succeeds (idempotent)."""
 
+    def get_tags(self, key: str) -> dict:
+        """The object's tags ({} when none). FileNotFoundError when it does not exist."""
+
+    def set_tags(self, key: str, tags: dict) -> None:
+        """Replaces the object's tags. FileNotFoundError when it does not exist."""
+
 
 def read_chunks(stream, chunk_size):
     """Yields a readable stream's bytes chunk by chunk, closing it at the end."""

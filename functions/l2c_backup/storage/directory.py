@@ -5,6 +5,7 @@ then renamed into place, so a reader never sees half a backup; a crash leaves on
 `.partial-*` file, which `list` ignores.
 """
 import hashlib
+import json
 import os
 import uuid
 
@@ -13,6 +14,7 @@ from oss2.utils import Crc64
 from . import StoredObject, read_chunks
 
 PARTIAL = ".partial-"
+TAGS_SUFFIX = ".tags.json"
 
 
 class DirectoryStorage:
@@ -60,7 +62,8 @@ class DirectoryStorage:
             st = os.stat(self._path(key))
         except FileNotFoundError:
             return None
-        return StoredObject(key, st.st_size, last_modified=st.st_mtime)
+        # No MD5 to hand: size and mtime tell one file from its replacement, as an ETag does.
+        return StoredObject(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}", last_modified=st.st_mtime)
 
     def open(self, key, chunk_size=1 << 20):
         # open now, so a missing file fails here rather than at the first chunk
@@ -71,7 +74,7 @@ class DirectoryStorage:
         found = []
         for folder, _, files in os.walk(base if os.path.isdir(base) else os.path.dirname(base)):
             for name in files:
-                if name.startswith(PARTIAL):
+                if name.startswith(PARTIAL) or name.endswith(TAGS_SUFFIX):
                     continue
                 key = os.path.relpath(os.path.join(folder, name), self.root).replace(os.sep, "/")
                 if key.startswith(prefix):
@@ -80,7 +83,23 @@ class DirectoryStorage:
             yield self.head(key)
 
     def delete(self, key):
+        for path in (self._path(key), self._path(key) + TAGS_SUFFIX):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    # A directory has no object tags: they live in a hidden sidecar beside the file.
+    def get_tags(self, key):
+        if not os.path.exists(self._path(key)):
+            raise FileNotFoundError(key)
         try:
-            os.unlink(self._path(key))
+            with open(self._path(key) + TAGS_SUFFIX, encoding="utf-8") as f:
+                return json.load(f)
         except FileNotFoundError:
-            pass
+            return {}
+
+    def set_tags(self, key, tags):
+        if not os.path.exists(self._path(key)):
+            raise FileNotFoundError(key)
+        self.put_bytes(key + TAGS_SUFFIX, json.dumps(tags, sort_keys=True).encode())

@@ -86,13 +86,21 @@ class OSSStorage:
         if not overwrite:
             headers["x-oss-forbid-overwrite"] = "true"
         upload = _MultipartUpload(self, key, headers, part_size_for(expected_size, self.settings.min_part_size))
-        return upload.run(chunks)
+        try:
+            return upload.run(chunks)
+        except oss2.exceptions.ServerError as exc:
+            _raise_if_exists(exc, key)
+            raise
 
     def put_bytes(self, key, data, overwrite=True):
         headers = self._sse_headers()
         if not overwrite:
             headers["x-oss-forbid-overwrite"] = "true"
-        result = self._call(self.bucket.put_object, key, data, headers=headers)
+        try:
+            result = self._call(self.bucket.put_object, key, data, headers=headers)
+        except oss2.exceptions.ServerError as exc:
+            _raise_if_exists(exc, key)
+            raise
         return StoredObject(key, len(data), result.etag, str(result.crc or ""), result.versionid or "")
 
     def head(self, key):
@@ -117,6 +125,27 @@ class OSSStorage:
 
     def delete(self, key):
         self._call(self.bucket.delete_object, key)
+
+    def get_tags(self, key):
+        try:
+            return dict(self._call(self.bucket.get_object_tagging, key).tag_set.tagging_rule)
+        except oss2.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"{self.url} has no object {key}") from None
+
+    def set_tags(self, key, tags):
+        rule = oss2.models.TaggingRule()
+        for name, value in tags.items():
+            rule.add(name, value)
+        try:
+            self._call(self.bucket.put_object_tagging, key, oss2.models.Tagging(rule))
+        except oss2.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"{self.url} has no object {key}") from None
+
+
+def _raise_if_exists(exc, key):
+    # x-oss-forbid-overwrite refused: the Storage contract calls that FileExistsError.
+    if exc.code == "FileAlreadyExists":
+        raise FileExistsError(f"{key} already exists") from None
 
 
 class _MultipartUpload:

@@ -1,0 +1,50 @@
+"""FC handler of the `verify` function (OSS trigger: oss:ObjectCreated:* on the backup prefix).
+
+Every backup object (`.sql.gz` under the prefix) in the event is checked end to end and
+its verdict recorded; anything else (manifests, verify files) is ignored even when the
+trigger's filter is wide. A failed verdict has already alerted; the invocation then fails
+too, so FC records it. Delivery is at least once: a repeated event finds the recorded
+verdict and neither alerts again nor changes it.
+"""
+import json
+import logging
+import os
+
+from l2c_backup import config, events, logs, names
+from l2c_backup.errors import BackupCorrupt, L2CError
+from l2c_backup.fc import credentials_from
+from l2c_backup.storage import open_storage
+from l2c_backup.verify import verify
+
+log = logging.getLogger("l2c_backup.handler.verify")
+
+
+def handler(event, context):
+    logs.setup(json_lines=True)
+    request_id = getattr(context, "request_id", "") or ""
+    results, ignored = [], []
+    with logs.bound(request_id=request_id, function="verify"):
+        try:
+            records = events.parse_oss_event(event)
+            _, oss = config.storage_target(credentials=credentials_from(context))
+            prefix = os.environ.get("OSS_BACKUP_PREFIX", "db-backups/")
+            wait = int(os.environ.get("VERIFY_MANIFEST_WAIT_SECONDS", 60))
+            for bucket, key, event_name in records:
+                if not (key.startswith(prefix) and key.endswith(names.SUFFIX)):
+                    ignored.append(key)
+                    continue
+                storage = open_storage(f"oss://{bucket}/{prefix}", oss)
+                try:
+                    results.append(verify(storage, key, wait, request_id=request_id).summary())
+                except FileNotFoundError:
+                    log.warning("%s is gone (deleted before it was verified)", key)
+                    ignored.append(key)
+        except L2CError as err:
+            log.error("verify failed (%s, severity %s): %s", type(err).__name__, err.severity, err)
+            raise
+        failed = [r for r in results if r["verdict"] != "ok"]
+        if failed:
+            raise BackupCorrupt(f"{len(failed)} backup(s) failed verification: " +
+                                ", ".join(f"{r['key']} ({r['reason']})" for r in failed),
+                                "see the alert and <key>.verify.json; take a manual backup now")
+    return json.dumps({"results": results, "ignored": ignored})

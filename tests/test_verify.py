@@ -1,0 +1,171 @@
+"""Verify against real backups made by the backup code, then damaged in each way that
+matters: each damage fails with its own reason, and the good one passes."""
+import gzip
+import json
+import zlib
+
+import oss2
+import pytest
+
+from l2c_backup import alerts, config, verify as verify_mod
+from l2c_backup.backup import run_backup
+from l2c_backup.storage import open_storage
+from l2c_backup.verify import check_object, verify
+
+
+@pytest.fixture(scope="module")
+def good_backup(pg_cluster, seeded_db, tmp_path_factory):
+    """One real backup in a directory: its bytes and manifest, reused by every test."""
+    root = tmp_path_factory.mktemp("verify-src")
+    env = {"DATABASE_URL": pg_cluster.url(seeded_db), "BACKUP_TARGET": str(root)}
+    (done,) = run_backup(config.load(env), "daily")["backups"]
+    data = (root / done["key"]).read_bytes()
+    doc = json.loads((root / (done["key"] + ".manifest.json")).read_bytes())
+    return done["key"], data, doc
+
+
+@pytest.fixture
+def alerts_sent():
+    sent = []
+    sink = alerts.add_sink(sent.append)
+    yield sent
+    alerts.remove_sink(sink)
+
+
+def store(storage, key, data, doc, manifest=True):
+    storage.put_bytes(key, data)
+    if manifest:
+        storage.put_bytes(key + ".manifest.json", json.dumps(doc).encode())
+
+
+def with_size(doc, data, sha=None):
+    """The manifest a backup of exactly these bytes would have had."""
+    import hashlib
+    doc = json.loads(json.dumps(doc))
+    doc["object"].update(size=len(data), sha256=sha or hashlib.sha256(data).hexdigest())
+    return doc
+
+
+def gz(text):
+    return gzip.compress(text, mtime=0)
+
+
+@pytest.fixture(params=["oss", "directory"])
+def storage(request, tmp_path):
+    if request.param == "directory":
+        return open_storage(str(tmp_path / "dir"))
+    server = request.getfixturevalue("oss_server")
+    _, settings = config.storage_target({"OSS_ENDPOINT": server.endpoint,
+                                         "OSS_BACKUP_BUCKET": "l2c-backups",
+                                         "OSS_ACCESS_KEY_ID": server.access_key_id,
+                                         "OSS_ACCESS_KEY_SECRET": server.access_key_secret})
+    return open_storage("oss://l2c-backups/db-backups/", settings)
+
+
+def test_a_good_backup_passes(storage, good_backup):
+    key, data, doc = good_backup
+    store(storage, key, data, doc)
+    verdict = check_object(storage, key, 1)
+    assert verdict.reason == "ok", verdict.detail
+    assert verdict.members == doc["compression"]["members"] > 1
+    assert verdict.sql_bytes == doc["sql_bytes"]
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.37, 0.5, 0.93, 0.99999])
+def test_a_truncated_backup_fails_as_truncated(storage, good_backup, fraction):
+    key, data, doc = good_backup
+    cut = data[:int(len(data) * fraction)]
+    store(storage, key, cut, with_size(doc, cut))
+    verdict = check_object(storage, key, 1)
+    assert verdict.reason == "truncated", verdict.detail
+
+
+def test_a_flipped_byte_in_the_middle_fails_the_gzip_check(storage, good_backup):
+    key, data, doc = good_backup
+    middle = len(data) // 2
+    bad = data[:middle] + bytes([data[middle] ^ 0x55]) + data[middle + 1:]
+    store(storage, key, bad, with_size(doc, bad))
+    assert check_object(storage, key, 1).reason == "gzip-corrupt"
+
+
+def test_valid_gzip_of_a_dump_cut_before_its_completion_marker_fails_as_incomplete(storage, good_backup):
+    key, data, doc = good_backup
+    sql = gzip.decompress(data)
+    cut = gz(sql[:sql.rindex(b"-- PostgreSQL database dump complete")])
+    store(storage, key, cut, with_size(doc, cut))
+    assert check_object(storage, key, 1).reason == "incomplete-dump"
+
+
+def test_a_checksum_differing_from_the_manifest_fails_as_sha256_mismatch(storage, good_backup):
+    key, data, doc = good_backup
+    store(storage, key, data, with_size(doc, data, sha="0" * 64))
+    assert check_object(storage, key, 1).reason == "sha256-mismatch"
+
+
+def test_trailing_garbage_after_the_gzip_fails(storage, good_backup):
+    key, data, doc = good_backup
+    bad = data + b"\x00\x00garbage"
+    store(storage, key, bad, with_size(doc, bad))
+    assert check_object(storage, key, 1).reason == "trailing-garbage"
+
+
+def test_an_empty_object_fails_as_empty(storage, good_backup):
+    key, _, doc = good_backup
+    store(storage, key, b"", with_size(doc, b""))
+    assert check_object(storage, key, 1).reason == "empty"
+
+
+def test_a_non_gzip_object_fails_as_not_gzip(storage, good_backup):
+    key, data, doc = good_backup
+    plain = gzip.decompress(data)[:100_000]
+    store(storage, key, plain, with_size(doc, plain))
+    assert check_object(storage, key, 1).reason == "not-gzip"
+
+
+def test_gzip_that_is_not_a_pg_dump_fails_as_not_a_dump(storage, good_backup):
+    key, _, doc = good_backup
+    other = gz(b"hello, this is not SQL\n" * 1000)
+    store(storage, key, other, with_size(doc, other))
+    assert check_object(storage, key, 1).reason == "not-a-dump"
+
+
+def test_a_missing_manifest_is_waited_for_then_named(storage, good_backup):
+    key, data, doc = good_backup
+    store(storage, key, data, doc, manifest=False)
+    assert check_object(storage, key, 1).reason == "manifest-missing"
+
+
+def test_a_zip_bomb_is_inflated_with_bounded_memory():
+    # 1 GiB of zeros deflates to ~1 MB: fed in one piece, output stays in MAX_OUT steps.
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 31)
+    data = bomb.compress(b"\0" * (1 << 30)) + bomb.flush()
+    check = verify_mod.GzipStreamCheck()
+    check.feed(data)
+    assert check.sql_bytes == 1 << 30 and len(check.tail) <= verify_mod.TAIL_KEEP
+
+
+def test_verdicts_are_recorded_as_tags_and_a_verify_file_and_failures_alert_once(
+        storage, good_backup, alerts_sent):
+    key, data, doc = good_backup
+    bad = data[:len(data) // 2]
+    store(storage, key, bad, with_size(doc, bad))
+
+    first = verify(storage, key, 1)
+    again = verify(storage, key, 1)  # the same event delivered twice
+
+    assert first.reason == again.reason == "truncated" and again.repeated
+    assert storage.get_tags(key) == {"verify": "failed", "verify-reason": "truncated"}
+    recorded = json.loads(b"".join(storage.open(key + ".verify.json")))
+    assert recorded["reason"] == "truncated" and recorded["seconds"] >= 0
+    assert [a.severity for a in alerts_sent] == ["urgent"]
+    assert "truncated" in alerts_sent[0].text() and key in alerts_sent[0].text()
+
+
+def test_a_new_object_under_the_same_key_is_checked_again(storage, good_backup, alerts_sent):
+    key, data, doc = good_backup
+    bad = data[:1000]
+    store(storage, key, bad, with_size(doc, bad))
+    assert verify(storage, key, 1).reason == "truncated"
+    store(storage, key, data, doc)  # a later run replaced it (daily without manifest)
+    assert verify(storage, key, 1).reason == "ok"
+    assert storage.get_tags(key)["verify"] == "ok"
