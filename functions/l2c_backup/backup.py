@@ -108,13 +108,21 @@ def _remaining(deadline):
     return max(deadline - time.monotonic(), 1) if deadline else 0
 
 
-def run_backup(config, kind, request_id="", when=None, after_success=(), progress=None):
+def after_success_steps(config):
+    """What runs after a successful backup: the retention prune of that kind."""
+    from .prune import after_backup_hook
+    return [after_backup_hook(config.keep)] if config.prune_after_backup else []
+
+
+def run_backup(config, kind, request_id="", when=None, after_success=None, progress=None):
     """Backs up every configured database (and the globals when asked) as `kind`.
 
     Returns the summary dict. Raises the first L2CError after trying every database, so
     one broken database does not cost the others their backup. `after_success` hooks
-    (the retention prune) run once all succeeded; a failing hook is logged, never fatal.
+    (default: the retention prune of that kind) run once all succeeded; a failing hook is
+    logged, never fatal.
     """
+    after_success = after_success_steps(config) if after_success is None else after_success
     when = when or names.now()
     started = time.monotonic()
     deadline = started + config.timeout_seconds if config.timeout_seconds else None

@@ -44,6 +44,10 @@ ENV_SCHEMA = {
         "UPLOAD_MIN_PART_MB": {"type": "string", "pattern": "^([1-9]|[1-9][0-9]{1,3})$",
                                "description": "part size floor in MiB, 1 to 9999"},
         "BACKUP_TIMEOUT_SECONDS": _COUNT,
+        "KEEP_DAILY": _COUNT,
+        "KEEP_WEEKLY": _COUNT,
+        "KEEP_MANUAL": _COUNT,
+        "PRUNE_AFTER_BACKUP": _FLAG,
     },
 }
 
@@ -72,6 +76,8 @@ class BackupConfig:
     gzip_level: int = 6
     gzip_workers: int = 0  # 0 = one per available core
     timeout_seconds: int = 0  # 0 = no budget (CLI); FC sets its function timeout minus a margin
+    keep: dict = field(default_factory=dict)  # kind -> backups kept by the prune
+    prune_after_backup: bool = True
 
     def __repr__(self):
         return f"BackupConfig(database={self.database!r}, target={self.target!r}, oss={self.oss!r})"
@@ -121,6 +127,14 @@ def storage_target(environ=None, target=None, credentials=None, flag="--to"):
     return target, oss
 
 
+def keep_counts(environ, target):
+    """Backups kept per kind: KEEP_DAILY / KEEP_WEEKLY / KEEP_MANUAL, else PLAN's numbers
+    (OSS 30 / 12 / 10; a directory, the local tier, 10 of each)."""
+    from .prune import DEFAULT_KEEP, LOCAL_KEEP
+    defaults = DEFAULT_KEEP if target.startswith("oss://") else dict.fromkeys(DEFAULT_KEEP, LOCAL_KEEP)
+    return {kind: int(environ.get(f"KEEP_{kind.upper()}", n)) for kind, n in defaults.items()}
+
+
 def load(environ=None, database_url=None, target=None, credentials=None):
     """The backup configuration; explicit arguments (CLI flags, FC context) win over env."""
     environ = dict(os.environ if environ is None else environ)
@@ -137,4 +151,6 @@ def load(environ=None, database_url=None, target=None, credentials=None):
         no_role_passwords=_flag(environ.get("BACKUP_NO_ROLE_PASSWORDS", "false")),
         gzip_level=int(environ.get("GZIP_LEVEL", 6)),
         gzip_workers=int(environ.get("GZIP_WORKERS", 0)),
-        timeout_seconds=int(environ.get("BACKUP_TIMEOUT_SECONDS", 0)))
+        timeout_seconds=int(environ.get("BACKUP_TIMEOUT_SECONDS", 0)),
+        keep=keep_counts(environ, target),
+        prune_after_backup=_flag(environ.get("PRUNE_AFTER_BACKUP", "true")))

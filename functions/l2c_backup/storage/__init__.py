@@ -19,6 +19,17 @@ class StoredObject:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class Deleted:
+    key: str
+    delete_marker: bool = False  # versioned bucket: the bytes stay as an old version
+    version_id: str = ""
+
+
+class ObjectLocked(Exception):
+    """The object is under a retention policy (WORM) and cannot be deleted yet."""
+
+
 class Storage(Protocol):
     url: str  # where this is, for messages and manifests (never holds a secret)
     prefix: str  # key prefix of the backups, e.g. "db-backups/"
@@ -42,8 +53,9 @@ class Storage(Protocol):
     def list(self, prefix: str) -> Iterator[StoredObject]:
         """Objects under prefix in key order."""
 
-    def delete(self, key: str) -> None:
-        """Deletes key; deleting what does not exist succeeds (idempotent)."""
+    def delete(self, key: str) -> "Deleted":
+        """Deletes key; deleting what does not exist succeeds (idempotent). Raises
+        ObjectLocked when a retention policy (WORM) still protects the object."""
 
     def get_tags(self, key: str) -> dict:
         """The object's tags ({} when none). FileNotFoundError when it does not exist."""

@@ -11,7 +11,7 @@ import uuid
 
 from oss2.utils import Crc64
 
-from . import StoredObject, read_chunks
+from . import Deleted, StoredObject, read_chunks
 
 PARTIAL = ".partial-"
 TAGS_SUFFIX = ".tags.json"
@@ -88,6 +88,7 @@ class DirectoryStorage:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        return Deleted(key)
 
     # A directory has no object tags: they live in a hidden sidecar beside the file.
     def get_tags(self, key):

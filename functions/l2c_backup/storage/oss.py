@@ -15,7 +15,7 @@ from oss2.utils import Crc64
 from tenacity import Retrying
 
 from ..retry import describe, oss_policy
-from . import StoredObject, read_chunks
+from . import Deleted, ObjectLocked, StoredObject, read_chunks
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,13 @@ class OSSStorage:
             yield StoredObject(info.key, info.size, info.etag, last_modified=info.last_modified)
 
     def delete(self, key):
-        self._call(self.bucket.delete_object, key)
+        try:
+            result = self._call(self.bucket.delete_object, key)
+        except oss2.exceptions.ServerError as exc:
+            if exc.code == "FileImmutable":
+                raise ObjectLocked(f"{key} is under the bucket's retention policy (WORM)") from None
+            raise
+        return Deleted(key, result.delete_marker, result.versionid or "")
 
     def get_tags(self, key):
         try:
