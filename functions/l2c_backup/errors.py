@@ -68,3 +68,15 @@ class BackupTimeout(L2CError):
 class BackupCorrupt(L2CError):
     """A stored backup failed verification (names the check that failed)."""
     exit_code = 15
+
+
+class RestoreRefused(L2CError):
+    """A restore that would be unsafe: a non-empty target, an unsupported psql, a
+    production name for a drill. Nothing was changed."""
+    exit_code = 16
+
+
+class RestoreFailed(L2CError):
+    """psql stopped with an error, or the backup turned out damaged mid-restore; the
+    target was left as it was (the transaction rolled back, a new database dropped)."""
+    exit_code = 17

@@ -78,7 +78,7 @@ class Verdict:
         return out
 
 
-class _Broken(Exception):
+class Broken(Exception):
     def __init__(self, reason, detail):
         super().__init__(detail)
         self.reason = reason
@@ -88,7 +88,8 @@ class _Broken(Exception):
 class GzipStreamCheck:
     """Feeds a multi-member gzip stream through zlib, keeping only the SQL's head and tail."""
 
-    def __init__(self):
+    def __init__(self, sink=None):
+        self.sink = sink  # receives the SQL as it is inflated (restore); None just checks
         self.inflater = None
         self.members = 0
         self.sql_bytes = 0
@@ -107,9 +108,9 @@ class GzipStreamCheck:
                     return
                 if data[:2] != b"\x1f\x8b":
                     if self.members:
-                        raise _Broken("trailing-garbage", f"{len(data)}+ bytes after member "
+                        raise Broken("trailing-garbage", f"{len(data)}+ bytes after member "
                                       f"{self.members} (at byte {self.compressed}) are not gzip")
-                    raise _Broken("not-gzip", f"starts with {data[:4].hex()} instead of 1f8b")
+                    raise Broken("not-gzip", f"starts with {data[:4].hex()} instead of 1f8b")
                 self.inflater = zlib.decompressobj(31)
                 self.members += 1
             start_unused = len(data)
@@ -118,7 +119,7 @@ class GzipStreamCheck:
                 while self.inflater.unconsumed_tail:
                     self._sql(self.inflater.decompress(self.inflater.unconsumed_tail, MAX_OUT))
             except zlib.error as err:
-                raise _Broken("gzip-corrupt", f"member {self.members}: {err}") from None
+                raise Broken("gzip-corrupt", f"member {self.members}: {err}") from None
             if self.inflater.eof:
                 data = self.inflater.unused_data
                 self.compressed += start_unused - len(data)
@@ -132,20 +133,22 @@ class GzipStreamCheck:
             self.head += out[:HEAD_KEEP - len(self.head)]
         self.tail = (self.tail + out[-TAIL_KEEP:])[-TAIL_KEEP:]
         self.sql_bytes += len(out)
+        if self.sink is not None and out:
+            self.sink(out)
 
     def finish(self):
         if self.carry:
-            raise _Broken("trailing-garbage", "one stray byte after the last member")
+            raise Broken("trailing-garbage", "one stray byte after the last member")
         if self.inflater is not None:
-            raise _Broken("truncated", f"member {self.members} ends early after "
+            raise Broken("truncated", f"member {self.members} ends early after "
                           f"{self.sql_bytes} bytes of SQL")
         if self.members == 0:
-            raise _Broken("empty", "0 bytes")
+            raise Broken("empty", "0 bytes")
         if not any(h in self.head.replace(b"\r\n", b"\n") for h in DUMP_HEADERS):
-            raise _Broken("not-a-dump", f"first bytes: {bytes(self.head[:60])!r}")
+            raise Broken("not-a-dump", f"first bytes: {bytes(self.head[:60])!r}")
         if not (ends_with_marker(self.tail, DUMP_COMPLETE)
                 or ends_with_marker(self.tail, CLUSTER_DUMP_COMPLETE)):
-            raise _Broken("incomplete-dump", f"last bytes: {self.tail[-80:]!r}")
+            raise Broken("incomplete-dump", f"last bytes: {self.tail[-80:]!r}")
 
 
 def wait_for_manifest(storage, key, wait_seconds):
@@ -178,11 +181,11 @@ def check_object(storage, key, manifest_wait_seconds=60):
             gz.feed(data)
         gz.finish()
         if verdict.bytes != info.size:
-            raise _Broken("size-mismatch", f"read {verdict.bytes}, storage says {info.size}")
+            raise Broken("size-mismatch", f"read {verdict.bytes}, storage says {info.size}")
         if info.crc64 and str(crc.crc) != info.crc64:
-            raise _Broken("crc64-mismatch", f"read {crc.crc}, OSS says {info.crc64}")
+            raise Broken("crc64-mismatch", f"read {crc.crc}, OSS says {info.crc64}")
         _check_manifest(storage, key, sha.hexdigest(), verdict.bytes, manifest_wait_seconds)
-    except _Broken as broken:
+    except Broken as broken:
         verdict.reason, verdict.detail = broken.reason, broken.detail
     finally:
         verdict.members, verdict.sql_bytes = gz.members, gz.sql_bytes
@@ -194,17 +197,17 @@ def check_object(storage, key, manifest_wait_seconds=60):
 def _check_manifest(storage, key, sha256, size, wait_seconds):
     data = wait_for_manifest(storage, key, wait_seconds)
     if data is None:
-        raise _Broken("manifest-missing", f"no {names.manifest_key(key)} after {wait_seconds}s")
+        raise Broken("manifest-missing", f"no {names.manifest_key(key)} after {wait_seconds}s")
     try:
         doc = manifest.loads(data)
     except ValueError as err:
-        raise _Broken("manifest-invalid", str(err)) from None
+        raise Broken("manifest-invalid", str(err)) from None
     if doc["key"] != key:
-        raise _Broken("manifest-invalid", f"the manifest describes {doc['key']}")
+        raise Broken("manifest-invalid", f"the manifest describes {doc['key']}")
     if doc["object"]["sha256"] != sha256:
-        raise _Broken("sha256-mismatch", f"read {sha256}, manifest says {doc['object']['sha256']}")
+        raise Broken("sha256-mismatch", f"read {sha256}, manifest says {doc['object']['sha256']}")
     if doc["object"]["size"] != size:
-        raise _Broken("size-mismatch", f"read {size} bytes, manifest says {doc['object']['size']}")
+        raise Broken("size-mismatch", f"read {size} bytes, manifest says {doc['object']['size']}")
 
 
 def recorded_verdict(storage, key):

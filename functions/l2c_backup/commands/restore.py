@@ -1,0 +1,79 @@
+"""`l2c-backup restore`: bring a backup back into a database, checked on the way."""
+import json
+import os
+import sys
+import time
+
+from .. import config, names
+from ..database import DatabaseSettings
+from ..errors import ConfigInvalid
+from ..logs import register_secret
+from ..restore import find_backup, restore
+from ..storage import open_storage
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "restore", help="restore a backup: object -> gunzip -> psql, all or nothing",
+        description="Stream a backup into psql (ON_ERROR_STOP, one transaction), checking "
+                    "SHA-256 and length against its manifest on the way; on any failure the "
+                    "transaction rolls back (or the new --create-db database is dropped). "
+                    "Refuses a target that already holds tables unless --force.")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("key", nargs="?", help="object key, e.g. db-backups/daily/backup_2026-11-27.sql.gz")
+    which.add_argument("--latest", action="store_true", help="the newest backup (of --kind)")
+    which.add_argument("--date", metavar="YYYY-MM-DD", help="the backup of that day (Asia/Shanghai)")
+    p.add_argument("--kind", choices=names.KINDS, help="with --latest / --date: only this kind")
+    p.add_argument("--from", dest="source", metavar="TARGET",
+                   help="oss://BUCKET/PREFIX (the DR bucket too) or a directory (default: as for backup)")
+    p.add_argument("--endpoint", metavar="URL", help="OSS endpoint of --from (another region's, for DR)")
+    p.add_argument("--target-url", required=True, metavar="URL",
+                   help="postgresql://user:password@host:port/db to restore into")
+    p.add_argument("--create-db", metavar="NAME", help="create database NAME on that server and "
+                   "restore into it; it is dropped again if the restore fails")
+    p.add_argument("--force", action="store_true", help="restore into a database that holds tables")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(run=run)
+
+
+def run(args):
+    if args.kind and not (args.latest or args.date):
+        raise ConfigInvalid("--kind goes with --latest or --date", "give a KEY, or --latest --kind KIND")
+    environ = dict(os.environ, **({"OSS_ENDPOINT": args.endpoint} if args.endpoint else {}))
+    target_store, oss = config.storage_target(environ, target=args.source, flag="--from")
+    storage = open_storage(target_store, oss)
+    target = DatabaseSettings.from_url(args.target_url, {})
+    register_secret(target.password)
+    key = find_backup(storage, args.key, args.latest, args.kind, args.date)
+    progress = _Bar() if sys.stderr.isatty() and not args.json else None
+    summary = restore(storage, key, target, args.create_db, args.force, progress)
+    if progress:
+        progress.done()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"restored {key} into {summary['database']} ({summary['bytes']:,} bytes, "
+              f"{summary['sql_bytes']:,} of SQL) in {summary['restore_seconds']:.1f}s")
+    return 0
+
+
+class _Bar:
+    """A progress bar on the terminal: share of the object read, elapsed, rate."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done, total):
+        now = time.monotonic()
+        if now - self.last < 0.3 and done < total:
+            return
+        self.last = now
+        share = done / total if total else 1
+        elapsed = now - self.started
+        bar = "#" * int(share * 30)
+        sys.stderr.write(f"\r  [{bar:<30}] {share:6.1%}  {done / 1e6:8.1f} MB  {elapsed:6.1f}s ")
+        sys.stderr.flush()
+
+    def done(self):
+        sys.stderr.write("\n")

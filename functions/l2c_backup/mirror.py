@@ -1,0 +1,458 @@
+"""The local / host tier (PLAN §2, §3): a directory holding the newest backups of OSS.
+
+`mirror` copies the newest `keep` backups of each kind (and database folder, and the
+globals) with their manifests into a directory, in the same key layout, then prunes the
+directory to `keep`. Safety rules:
+- a file is kept only when its SHA-256 and size match its manifest: it is streamed into
+  `.partial-<name>` beside its final name, hashed on the way, and renamed into place only
+  when it matches (a mismatch is tried once more from scratch, then reported by key);
+- what is already there and intact (same manifest, file hashing to it) is not fetched;
+- an interrupted copy resumes: the partial keeps its deterministic name and a sidecar
+  naming the source ETag, and the next run hashes what is there and asks only for the
+  rest (a ranged GET); a different ETag means another object, so it starts over;
+- a run in which any copy failed deletes nothing from the directory;
+- one run at a time per directory (a lock file): two would append to the same partial.
+"""
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import oss2
+import requests
+import urllib3
+from tenacity import Retrying
+
+from . import manifest, names, prune
+from .errors import BackupCorrupt, ConfigInvalid, UploadFailed
+from .logs import bound
+from .retry import describe, oss_policy
+from .storage import read_chunks
+from .storage.directory import PARTIAL, DirectoryStorage
+from .storage.oss import OSSStorage
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one run at a time is then up to the operator
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1 << 20
+ATTEMPTS = 3  # reads of one object cut short, each resumed where the last one stopped
+SOURCE_SUFFIX = ".source.json"  # beside a partial: which source object its bytes belong to
+LOCK_NAME = ".l2c-mirror.lock"
+
+# A connection dropped mid-body surfaces from requests/urllib3 while the stream is read,
+# not from oss2 (which only wraps failures on the way out).
+TRANSPORT_ERRORS = (oss2.exceptions.RequestError, requests.exceptions.RequestException,
+                    urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+
+
+@dataclass
+class Item:
+    key: str
+    action: str = ""  # copied / skipped / resumed / replaced / failed
+    size: int = 0
+    bytes: int = 0  # read from the source for this backup (0 when skipped)
+    resumed_from: int = 0  # bytes of an earlier run's partial that were kept
+    detail: str = ""
+
+
+@dataclass
+class MirrorReport:
+    source: str
+    target: str
+    keep: dict
+    items: list = field(default_factory=list)
+    pruned: list = field(default_factory=list)  # backup keys deleted from the directory
+    without_manifest: list = field(default_factory=list)  # not (yet) complete in the source
+    partials_removed: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, action):
+        return sum(item.action == action for item in self.items)
+
+    @property
+    def failed(self):
+        return [item for item in self.items if item.action == "failed"]
+
+    def summary(self):
+        return {"source": self.source, "target": self.target, "keep": self.keep,
+                **{action: self.count(action)
+                   for action in ("copied", "skipped", "resumed", "replaced", "failed")},
+                "pruned": len(self.pruned),
+                "bytes": sum(item.bytes for item in self.items),
+                "seconds": round(self.seconds, 3),
+                "objects": [asdict(item) for item in self.items],
+                "pruned_keys": self.pruned, "without_manifest": self.without_manifest,
+                "partials_removed": self.partials_removed}
+
+
+class Mismatch(Exception):
+    """The bytes read do not match the manifest (or the source changed while read)."""
+
+
+@dataclass(frozen=True)
+class RangeRead:
+    start: int  # where the bytes begin: the offset asked for, or 0 when all were sent
+    etag: str  # of the object actually read
+    chunks: object  # iterator of bytes
+
+
+def open_range(storage, key, offset, chunk_size=CHUNK_SIZE):
+    """The object's bytes from `offset` on, for resuming a copy: a verb the Storage
+    protocol lacks, so it is done here per backend. `start` says where the bytes really
+    begin (0 when the backend sent the whole object), `etag` which object they are from.
+    FileNotFoundError when the object does not exist."""
+    if isinstance(storage, OSSStorage):
+        return _oss_range(storage, key, offset, chunk_size)
+    if isinstance(storage, DirectoryStorage):
+        f = open(storage._path(key), "rb")
+        st = os.fstat(f.fileno())
+        start = offset if 0 < offset <= st.st_size else 0
+        f.seek(start)
+        return RangeRead(start, f"{st.st_size}-{st.st_mtime_ns}", read_chunks(f, chunk_size))
+    info = storage.head(key)  # any other backend: no ranges, read it all
+    if info is None:
+        raise FileNotFoundError(key)
+    return RangeRead(0, info.etag, storage.open(key, chunk_size))
+
+
+def _oss_range(storage, key, offset, chunk_size):
+    def get(byte_range):
+        for attempt in Retrying(**oss_policy()):
+            with attempt:
+                return storage.bucket.get_object(key, byte_range=byte_range)
+    try:
+        try:
+            result = get((offset, None) if offset > 0 else None)
+        except oss2.exceptions.ServerError as exc:
+            if exc.status != 416:  # a range past the end: the object shrank, read it all
+                raise
+            result = get(None)
+    except oss2.exceptions.NoSuchKey:
+        raise FileNotFoundError(f"{storage.url} has no object {key}") from None
+    # OSS answers a range it does not like with the whole object (200), not an error.
+    start = offset if offset > 0 and result.status == 206 else 0
+    return RangeRead(start, _etag(result.etag), read_chunks(result, chunk_size))
+
+
+def _etag(value):
+    return (value or "").strip('"')
+
+
+def select(source, kinds, keep):
+    """(listed objects of the newest `keep` backups per kind and group, keys without a
+    manifest). Chosen as prune would keep them, by the stamp in the name; a backup counts
+    only once its manifest exists (it is written last)."""
+    listed = {}
+    for kind in kinds:
+        for obj in source.list(f"{source.prefix}{kind}/"):
+            listed[obj.key] = obj
+    candidates, without_manifest = [], []
+    for key in listed:
+        backup = prune.parse(source.prefix, key)
+        if backup is None:
+            continue
+        if names.manifest_key(key) in listed:
+            candidates.append(backup)
+        else:
+            without_manifest.append(key)
+    decisions = prune.plan(candidates, keep, prefix=source.prefix)
+    chosen = {d.key for d in decisions if d.action == "keep"}
+    # newest first: a run cut short has the copies that matter most
+    order = sorted((b for b in candidates if b.key in chosen), key=lambda b: (b.stamp, b.key),
+                   reverse=True)
+    return [listed[b.key] for b in order], sorted(without_manifest)
+
+
+def mirror(source, dest_root, keep, kinds=None, chunk_size=CHUNK_SIZE, attempts=ATTEMPTS):
+    """Mirrors the newest `keep` (a number, or {kind: number}) backups of each kind from
+    the `source` storage into the directory `dest_root`, then prunes the directory to the
+    same count. Returns a MirrorReport; when a copy failed, raises BackupCorrupt (bytes
+    that do not match their manifest) or UploadFailed (anything else), naming each key,
+    with the report as `.report`, after copying everything else."""
+    started = time.monotonic()
+    kinds = list(kinds or names.KINDS)
+    keep = dict.fromkeys(kinds, keep) if isinstance(keep, int) else {k: keep[k] for k in kinds}
+    for kind, n in keep.items():
+        if n < 1:
+            raise ConfigInvalid(f"keep for {kind} must be at least 1, got {n}",
+                                "a mirror always keeps a backup of each kind")
+    dest = DirectoryStorage(dest_root, prefix=source.prefix)
+    if isinstance(source, DirectoryStorage) and os.path.realpath(source.root) == os.path.realpath(dest.root):
+        raise ConfigInvalid(f"--from and --to are the same directory ({dest.root})",
+                            "mirror into another directory")
+    report = MirrorReport(source.url, dest.url, keep)
+    os.makedirs(dest.root, exist_ok=True)
+    with _locked(dest.root):
+        chosen, report.without_manifest = select(source, kinds, keep)
+        for obj in chosen:
+            with bound(key=obj.key):
+                report.items.append(_mirror_one(source, dest, obj, chunk_size, attempts))
+        report.partials_removed = _remove_stale_partials(dest, kinds, {o.key for o in chosen})
+        if not report.failed:
+            decisions = prune.prune(dest, kinds, keep)
+            report.pruned = [d.key for d in decisions if d.outcome == "deleted"]
+    report.seconds = time.monotonic() - started
+    log.info("mirrored %s -> %s: %s", report.source, report.target,
+             {k: v for k, v in report.summary().items()
+              if k in ("copied", "skipped", "resumed", "replaced", "failed", "pruned", "bytes")})
+    if report.failed:
+        corrupt = [i for i in report.failed if i.detail.startswith("corrupt")]
+        error = BackupCorrupt if corrupt else UploadFailed
+        listing = "; ".join(f"{i.key}: {i.detail}" for i in report.failed)
+        err = error(f"{len(report.failed)} of {len(report.items)} backups not mirrored "
+                    f"(nothing deleted from {dest.root}): {listing}",
+                    "run `l2c-backup verify` on the source key(s) named; run mirror again to "
+                    "retry (a partial copy resumes)")
+        err.report = report
+        raise err
+    return report
+
+
+def _mirror_one(source, dest, obj, chunk_size, attempts):
+    item = Item(obj.key)
+    try:
+        doc_bytes = b"".join(source.open(names.manifest_key(obj.key)))
+        try:
+            doc = manifest.loads(doc_bytes)
+        except ValueError as err:
+            raise Mismatch(f"its manifest is invalid: {err}") from None
+        if doc["key"] != obj.key:
+            raise Mismatch(f"its manifest describes {doc['key']}")
+        expected = (doc["object"]["size"], doc["object"]["sha256"])
+        item.size = expected[0]
+        path = dest._path(obj.key)
+        state = _local_state(dest, obj.key, path, doc_bytes, expected)
+        if state == "intact":
+            item.action = "skipped"
+            return item
+        if state == "bytes intact":  # an earlier run stopped between file and manifest
+            dest.put_bytes(names.manifest_key(obj.key), doc_bytes)
+            item.action, item.detail = "skipped", "manifest written"
+            return item
+        item.bytes, item.resumed_from = _fetch(source, obj, path, expected, chunk_size, attempts)
+        dest.put_bytes(names.manifest_key(obj.key), doc_bytes)  # last, as backup writes it
+        if state == "damaged":
+            item.action, item.detail = "replaced", "the local copy did not match its manifest"
+        else:
+            item.action = "resumed" if item.resumed_from else "copied"
+        log.info("%s %s (%d bytes read)", item.action, obj.key, item.bytes)
+    except Mismatch as err:
+        item.action, item.detail = "failed", f"corrupt: {err}"
+        log.error("not mirrored: %s", item.detail)
+    except FileNotFoundError as err:
+        item.action, item.detail = "failed", f"gone from the source while mirroring: {err}"
+        log.error("not mirrored: %s", item.detail)
+    except TRANSPORT_ERRORS + (oss2.exceptions.OssError, OSError) as err:
+        item.action, item.detail = "failed", describe(err)
+        log.error("not mirrored: %s", item.detail)
+    return item
+
+
+def _local_state(dest, key, path, doc_bytes, expected):
+    """absent / intact / bytes intact (manifest missing or different) / damaged."""
+    if not os.path.exists(path):
+        return "absent"
+    if (os.path.getsize(path), _sha256_file(path).hexdigest()) != expected:
+        return "damaged"
+    try:
+        with open(dest._path(names.manifest_key(key)), "rb") as f:
+            same_manifest = f.read() == doc_bytes
+    except FileNotFoundError:
+        same_manifest = False
+    return "intact" if same_manifest else "bytes intact"
+
+
+def _sha256_file(path):
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK_SIZE), b""):
+            sha.update(chunk)
+    return sha
+
+
+def _partial_paths(path):
+    partial = os.path.join(os.path.dirname(path), PARTIAL + os.path.basename(path))
+    return partial, partial + SOURCE_SUFFIX
+
+
+def _fetch(source, obj, path, expected, chunk_size, attempts):
+    """Streams the object into its partial and renames it into place once it matches the
+    manifest. Returns (bytes read from the source, bytes of an earlier partial kept)."""
+    partial, sidecar = _partial_paths(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    read_total, resumed_from = 0, 0
+    for round_ in (1, 2):  # a mismatch is tried once more, from scratch
+        copy = _Partial(partial, sidecar, obj.key, _etag(obj.etag), expected)
+        resumed_from = copy.size  # 0 on the second round: it starts from scratch
+        try:
+            copy.fill(source, chunk_size, attempts)
+            problem = copy.mismatch()
+        except Mismatch as err:
+            problem = str(err)
+        read_total += copy.read
+        if problem is None:
+            os.replace(partial, path)
+            _fsync_dir(os.path.dirname(path))
+            _unlink(sidecar)
+            return read_total, resumed_from
+        _unlink(partial, sidecar)
+        log.warning("%s: %s (attempt %d of 2)", obj.key, problem, round_)
+    raise Mismatch(problem)
+
+
+class _Partial:
+    """The copy in progress of one object: `.partial-<name>` and its sidecar naming the
+    source object, with the SHA-256 of the bytes in it kept as they are appended."""
+
+    def __init__(self, partial, sidecar, key, etag, expected):
+        self.partial, self.sidecar, self.key, self.etag = partial, sidecar, key, etag
+        self.expected_size, self.expected_sha = expected
+        self.read = 0  # bytes read from the source by this copy
+        self.size = _resume_point(partial, sidecar, key, etag, expected)
+        if self.size:
+            self.sha = _sha256_file(partial)  # the bytes of the earlier run, hashed again
+        else:
+            self._start_over()
+
+    def _start_over(self):
+        with open(self.sidecar, "w", encoding="utf-8") as f:
+            json.dump({"key": self.key, "etag": self.etag, "size": self.expected_size,
+                       "sha256": self.expected_sha}, f)
+        open(self.partial, "wb").close()
+        self.size, self.sha = 0, hashlib.sha256()
+
+    def fill(self, source, chunk_size, attempts):
+        """Appends the rest of the object, resuming a read cut short up to `attempts`
+        times in all."""
+        for attempt in range(1, attempts + 1):
+            if self.size >= self.expected_size:
+                return  # all there (or too much): the check decides
+            try:
+                self._append(source, chunk_size)
+                return
+            except TRANSPORT_ERRORS as err:
+                if attempt == attempts:
+                    raise
+                log.warning("%s: read cut short after %d bytes (%s); resuming (attempt %d of %d)",
+                            self.key, self.size, describe(err), attempt + 1, attempts)
+
+    def _append(self, source, chunk_size):
+        rng = open_range(source, self.key, self.size, chunk_size)
+        try:
+            if self.etag and rng.etag and rng.etag != self.etag:
+                raise Mismatch(f"the source object changed while it was copied "
+                               f"(ETag {self.etag} -> {rng.etag})")
+            if rng.start != self.size:  # the whole object was sent: start over with it
+                self._start_over()
+            with open(self.partial, "ab") as f:
+                try:
+                    for chunk in rng.chunks:
+                        f.write(chunk)
+                        self.sha.update(chunk)
+                        self.size += len(chunk)
+                        self.read += len(chunk)
+                        if self.size > self.expected_size:
+                            raise Mismatch(f"the object is longer than the {self.expected_size} "
+                                           "bytes its manifest says")
+                finally:
+                    f.flush()
+                    os.fsync(f.fileno())
+        finally:
+            rng.chunks.close()
+
+    def mismatch(self):
+        """None when the bytes match the manifest, else what differs."""
+        if self.size != self.expected_size:
+            return f"read {self.size} bytes, the manifest says {self.expected_size}"
+        if self.sha.hexdigest() != self.expected_sha:
+            return f"SHA-256 {self.sha.hexdigest()} read, the manifest says {self.expected_sha}"
+        return None
+
+
+def _resume_point(partial, sidecar, key, etag, expected):
+    """Bytes of an earlier partial that can be kept: those of the same source object
+    (same ETag and manifest), else 0 (and the leftovers go)."""
+    try:
+        with open(sidecar, encoding="utf-8") as f:
+            recorded = json.load(f)
+        size = os.path.getsize(partial)
+    except (FileNotFoundError, ValueError):
+        _unlink(partial, sidecar)
+        return 0
+    same = (recorded.get("key") == key and recorded.get("etag") == etag and etag
+            and recorded.get("sha256") == expected[1] and size <= expected[0])
+    if not same:
+        log.info("%s: the partial copy is of another version of the object; starting over", key)
+        _unlink(partial, sidecar)
+        return 0
+    log.info("%s: resuming after %d bytes of %d", key, size, expected[0])
+    return size
+
+
+def _remove_stale_partials(dest, kinds, chosen):
+    """Partials (and their sidecars) of backups no longer mirrored: they would never
+    be resumed."""
+    removed = []
+    for kind in kinds:
+        base = dest._path(f"{dest.prefix}{kind}")
+        for folder, _, files in os.walk(base):
+            for name in files:
+                if not name.startswith(PARTIAL) or name.endswith(SOURCE_SUFFIX):
+                    continue
+                key = os.path.relpath(os.path.join(folder, name[len(PARTIAL):]),
+                                      dest.root).replace(os.sep, "/")
+                if key in chosen or prune.parse(dest.prefix, key) is None:
+                    continue  # in use, or not one of ours (put_stream's own temp files)
+                path = os.path.join(folder, name)
+                _unlink(path, path + SOURCE_SUFFIX)
+                removed.append(key)
+    return sorted(removed)
+
+
+class _locked:
+    """An exclusive lock on the directory for one run (advisory; released by the OS if
+    the process dies)."""
+
+    def __init__(self, root):
+        self.path = os.path.join(root, LOCK_NAME)
+
+    def __enter__(self):
+        self.f = open(self.path, "a")
+        if fcntl is not None:
+            try:
+                fcntl.flock(self.f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.f.close()
+                raise UploadFailed(f"another mirror is running into {os.path.dirname(self.path)}",
+                                   "wait for it to finish (or end it), then run again") from None
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()  # closing releases the lock
+
+
+def _unlink(*paths):
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not every platform opens directories
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
