@@ -17,7 +17,7 @@ import oss2
 
 from . import __version__, manifest, names
 from .compress import gzip_members
-from .database import inspect, list_databases
+from .database import Snapshot, inspect, list_databases
 from .dump import PgDump, check_dump_compatible, find_pg_tool, globals_dump, pg_tool_version
 from .errors import BackupTimeout, DumpFailed, L2CError, UploadFailed
 from .logs import bound
@@ -53,7 +53,8 @@ class _Meter:
     """Counts and hashes the compressed stream on its way to storage, and enforces the
     time budget between chunks (so a stuck upload or dump cannot run past FC's timeout)."""
 
-    def __init__(self, deadline, progress):
+    def __init__(self, deadline, progress, on_first_chunk=None):
+        self.on_first_chunk = on_first_chunk  # pg_dump has started: its snapshot is taken
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.members = 0
@@ -67,6 +68,9 @@ class _Meter:
 
     def wrap(self, members, dump):
         for member in members:
+            if self.on_first_chunk:
+                self.on_first_chunk()
+                self.on_first_chunk = None
             self.sha256.update(member)
             self.size += len(member)
             self.members += 1
@@ -192,18 +196,22 @@ def _choose_key(storage, kind, when, folder):
 
 def backup_database(config, storage, kind, settings, when, pg_dump_path, request_id="",
                     deadline=None, progress=None, folder=None):
-    # pre-flight: reachable, password right, versions, sizes
-    info = inspect(settings, _remaining(deadline))
-    pg_dump_version, pg_dump_num = pg_tool_version(pg_dump_path)
-    check_dump_compatible(pg_dump_num, info.server_version_num)
-    key, skipped = _choose_key(storage, kind, when, folder)
-    if skipped:
-        log.info("%s; nothing to do", skipped)
-        return Outcome(settings.dbname, key, names.manifest_key(key), skipped=skipped)
-    lock_wait = [f"--lock-wait-timeout={int(_remaining(deadline) * 1000)}"] if deadline else []
-    return _backup_stream(config, storage, kind, key, settings, info, pg_dump_version,
-                          PgDump(settings, pg_dump_path, extra_args=lock_wait), "database",
-                          request_id, deadline, progress)
+    # pre-flight: reachable, password right, versions, sizes; the counts come from the
+    # snapshot pg_dump then dumps, so the manifest describes exactly what is in the dump
+    with Snapshot(settings, _remaining(deadline)) as snapshot:
+        info = snapshot.info
+        pg_dump_version, pg_dump_num = pg_tool_version(pg_dump_path)
+        check_dump_compatible(pg_dump_num, info.server_version_num)
+        key, skipped = _choose_key(storage, kind, when, folder)
+        if skipped:
+            log.info("%s; nothing to do", skipped)
+            return Outcome(settings.dbname, key, names.manifest_key(key), skipped=skipped)
+        args = [f"--snapshot={snapshot.id}"]
+        if deadline:
+            args.append(f"--lock-wait-timeout={int(_remaining(deadline) * 1000)}")
+        return _backup_stream(config, storage, kind, key, settings, info, pg_dump_version,
+                              PgDump(settings, pg_dump_path, extra_args=args), "database",
+                              request_id, deadline, progress, on_first_chunk=snapshot.release)
 
 
 def backup_globals(config, storage, kind, when, request_id="", deadline=None):
@@ -223,14 +231,14 @@ def backup_globals(config, storage, kind, when, request_id="", deadline=None):
 
 
 def _backup_stream(config, storage, kind, key, settings, info, tool_version, process, content,
-                   request_id, deadline, progress):
+                   request_id, deadline, progress, on_first_chunk=None):
     """Streams one dump process into `key`, then writes its manifest."""
     started_at = names.now()
     started = time.monotonic()
     with bound(key=key):
         log.info("backing up %s of %s (%d bytes on disk) to %s", content, settings.dbname,
                  info.database_size, storage.url + key[len(storage.prefix):])
-        meter = _Meter(deadline, progress)
+        meter = _Meter(deadline, progress, on_first_chunk)
         with process, _Watchdog(deadline, process) as watchdog:
             try:
                 stored = _store(storage, key, process, meter, config, info.database_size,

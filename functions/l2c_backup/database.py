@@ -409,36 +409,72 @@ def inspect(settings: DatabaseSettings, timeout_seconds: float = 0) -> ServerInf
     """Server version, database size and exact row counts, all from one snapshot.
     Exact counts (not pg_class.reltuples estimates) because restore checks compare them.
     A time budget (timeout_seconds > 0) bounds the wait for locks and the counting."""
-    conn = connect(settings)
-    try:
-        conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        budget_ms = int(timeout_seconds * 1000) if timeout_seconds > 0 else 0
-        conn.run(f"SET LOCAL statement_timeout = {budget_ms}")  # 0 = none, as pg_dump sets
-        conn.run(f"SET LOCAL lock_timeout = {budget_ms}")
-        [[version, version_num, size]] = conn.run(
-            "SELECT current_setting('server_version'), "
-            "current_setting('server_version_num')::int, "
-            "pg_database_size(current_database())")
-        rows = {}
-        for [table] in conn.run(_USER_TABLES):
+    with Snapshot(settings, timeout_seconds, export=False) as snapshot:
+        return snapshot.info
+
+
+class Snapshot:
+    """A REPEATABLE READ transaction whose counts pg_dump can share (`--snapshot`), so
+    the manifest's row counts describe exactly the rows in the dump, even on a busy
+    database. Keep it open until pg_dump has started, then `release()`."""
+
+    def __init__(self, settings: DatabaseSettings, timeout_seconds: float = 0, export=True):
+        self.settings, self.timeout_seconds, self.export = settings, timeout_seconds, export
+        self.conn = None
+        self.id = ""
+        self.info: ServerInfo | None = None
+
+    def __enter__(self) -> "Snapshot":
+        self.conn = connect(self.settings)
+        try:
+            self.conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            # held while pg_dump starts: a server's idle-in-transaction limit must not end it
+            self.conn.run("SET LOCAL idle_in_transaction_session_timeout = 0")
+            if self.export:
+                [[self.id]] = self.conn.run("SELECT pg_export_snapshot()")
+            self.info = _inspect_in(self.conn, self.settings, self.timeout_seconds)
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
             try:
-                [[rows[table]]] = conn.run(f"SELECT count(*) FROM {table}")
-            except pg8000.native.DatabaseError as e:
-                info = e.args[0] if isinstance(e.args[0], dict) else {"M": str(e)}
-                if budget_ms and info.get("C") in ("55P03", "57014"):  # lock / statement timeout
-                    raise BackupTimeout(
-                        f"counting the rows of {table} in {settings.where} did not finish within "
-                        f"the backup's time budget ({info.get('M')})",
-                        hint="something holds a lock on it (see pg_locks); or raise "
-                             "BACKUP_TIMEOUT_SECONDS") from None
-                raise DumpFailed(
-                    f"cannot count the rows of {table} in {settings.where}: {info.get('M')}",
-                    hint=f"user {settings.user!r} needs SELECT on every table, as pg_dump "
-                         "does") from None
-        [[large_objects]] = conn.run("SELECT count(*) FROM pg_largeobject_metadata")
-        conn.run("COMMIT")
-    finally:
-        conn.close()
+                conn.run("COMMIT")
+            finally:
+                conn.close()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _inspect_in(conn, settings: DatabaseSettings, timeout_seconds: float) -> ServerInfo:
+    budget_ms = int(timeout_seconds * 1000) if timeout_seconds > 0 else 0
+    conn.run(f"SET LOCAL statement_timeout = {budget_ms}")  # 0 = none, as pg_dump sets
+    conn.run(f"SET LOCAL lock_timeout = {budget_ms}")
+    [[version, version_num, size]] = conn.run(
+        "SELECT current_setting('server_version'), "
+        "current_setting('server_version_num')::int, "
+        "pg_database_size(current_database())")
+    rows = {}
+    for [table] in conn.run(_USER_TABLES):
+        try:
+            [[rows[table]]] = conn.run(f"SELECT count(*) FROM {table}")
+        except pg8000.native.DatabaseError as e:
+            info = e.args[0] if isinstance(e.args[0], dict) else {"M": str(e)}
+            if budget_ms and info.get("C") in ("55P03", "57014"):  # lock / statement timeout
+                raise BackupTimeout(
+                    f"counting the rows of {table} in {settings.where} did not finish within "
+                    f"the backup's time budget ({info.get('M')})",
+                    hint="something holds a lock on it (see pg_locks); or raise "
+                         "BACKUP_TIMEOUT_SECONDS") from None
+            raise DumpFailed(
+                f"cannot count the rows of {table} in {settings.where}: {info.get('M')}",
+                hint=f"user {settings.user!r} needs SELECT on every table, as pg_dump "
+                     "does") from None
+    [[large_objects]] = conn.run("SELECT count(*) FROM pg_largeobject_metadata")
     # "15.19 (Debian 15.19-0+deb12u1)" -> "15.19"
     return ServerInfo(version.split()[0], version_num, size, rows, large_objects)
 
