@@ -48,8 +48,26 @@ def _json(data, what):
                            'send JSON such as {"kind": "manual"}') from None
 
 
+DRILL_REQUEST_SCHEMA = {
+    "type": "object",
+    "required": ["kind"],
+    "additionalProperties": False,
+    "properties": {"kind": {"enum": list(KINDS)},
+                   "source": {"enum": ["primary", "dr"]}},  # PLAN: quarterly/yearly drills read DR
+}
+
+
 def parse_backup_event(event):
     """The backup request in an FC event (bytes or str of JSON, or an already parsed dict)."""
+    return parse_request(event, BACKUP_REQUEST_SCHEMA)
+
+
+def parse_drill_event(event):
+    return parse_request(event, DRILL_REQUEST_SCHEMA)
+
+
+def parse_request(event, schema):
+    """The request in a timer event's payload or a direct invoke, checked against schema."""
     body = _json(event, "event") if isinstance(event, (bytes, str)) else event
     if not isinstance(body, dict):
         raise EventInvalid("event must be a JSON object", 'send {"kind": "manual"}')
@@ -58,9 +76,9 @@ def parse_backup_event(event):
         body = _json(body["payload"], "timer payload")
         if not isinstance(body, dict):
             raise EventInvalid("timer payload must be a JSON object", 'set payload {"kind": "daily"}')
-        _check(body, BACKUP_REQUEST_SCHEMA, "timer payload")
+        _check(body, schema, "timer payload")
     else:
-        _check(body, BACKUP_REQUEST_SCHEMA, "event")
+        _check(body, schema, "event")
     return body
 
 
