@@ -80,3 +80,8 @@ class RestoreFailed(L2CError):
     """psql stopped with an error, or the backup turned out damaged mid-restore; the
     target was left as it was (the transaction rolled back, a new database dropped)."""
     exit_code = 17
+
+
+class NotCompliant(L2CError):
+    """The 3-2-1 rule or the RPO is not met (status, watchdog)."""
+    exit_code = 20

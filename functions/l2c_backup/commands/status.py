@@ -1,0 +1,82 @@
+"""`l2c-backup status`: the newest backups, their ages against the RPO, and the 3-2-1 view."""
+import json
+import os
+import time
+
+from .. import config, names
+from ..errors import NotCompliant
+from ..status import PRICES, Location, report, survey
+from ..storage import open_storage
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "status", help="backups per kind, ages against the RPO, 3-2-1 compliance, monthly cost",
+        description="Per kind: the newest backup, its age against the RPO, its verdict, the "
+                    "count against retention and sizes. The 3-2-1 view: the newest backups' "
+                    "copies in the primary bucket, the DR bucket (OSS_DR_BUCKET) and the local "
+                    "mirror (--mirror / MIRROR_DIR), their media and whether one is off-site. "
+                    "Exits non-zero when not compliant (for cron and monitoring).")
+    p.add_argument("--from", dest="source", metavar="TARGET", help="the primary: oss://BUCKET/PREFIX or DIR")
+    p.add_argument("--mirror", metavar="DIR", help="the local mirror (default MIRROR_DIR)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=run)
+
+
+def locations(environ, source, mirror):
+    target, oss = config.storage_target(environ, source, flag="--from")
+    found = [("primary", target, oss, False)]
+    if environ.get("OSS_DR_BUCKET"):
+        dr_env = dict(environ, OSS_ENDPOINT=environ.get("OSS_DR_ENDPOINT") or environ.get("OSS_ENDPOINT", ""))
+        prefix = environ.get("OSS_BACKUP_PREFIX", "db-backups/")
+        dr_target, dr_oss = config.storage_target(dr_env, f"oss://{environ['OSS_DR_BUCKET']}/{prefix}")
+        found.append(("dr", dr_target, dr_oss, True))  # another region: the off-site copy
+    if mirror:
+        found.append(("mirror", mirror, None, False))
+    result = []
+    for name, url, settings, offsite in found:
+        loc = Location(name, url, "OSS" if url.startswith("oss://") else "local disk", offsite)
+        try:
+            loc.backups = survey(open_storage(url, settings))
+        except Exception as exc:  # an unreachable copy is a finding, not a crash
+            loc.error = f"{type(exc).__name__}: {exc}"
+        result.append(loc)
+    return result
+
+
+def run(args):
+    environ = dict(os.environ)
+    locs = locations(environ, args.source, args.mirror or environ.get("MIRROR_DIR"))
+    keep = config.keep_counts(environ, locs[0].url)
+    prices = {k: float(environ.get(f"PRICE_{k.upper()}", v)) for k, v in PRICES.items()}
+    result = report(locs, names.KINDS, keep, time.time(), prices=prices)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_report(result)
+    if not result["compliant"]:
+        raise NotCompliant("backups are not 3-2-1 compliant" +
+                           (": " + "; ".join(result["rpo_problems"]) if result["rpo_problems"] else ""),
+                           "see the report above: missing copies, media or an off-site copy")
+    return 0
+
+
+def print_report(r):
+    for kind, k in r["kinds"].items():
+        age = f"{k['age_hours']:.1f} h old" if k["age_hours"] is not None else "none"
+        rpo = f" (RPO {k['rpo_hours']:.0f} h)" if k["rpo_hours"] else ""
+        print(f"{kind:7} {k['count']:3}/{k['keep']} kept, {k['bytes'] / 1e6:10.1f} MB; newest: "
+              f"{k['newest'] or '-'} {age}{rpo}, {k['newest_verdict'] or '-'}")
+    print("3-2-1:")
+    for c in r["three_two_one"]:
+        print(f"  {c['key']}: {len(c['copies'])} copies ({', '.join(c['copies'])}), "
+              f"{len(c['media'])} media ({', '.join(c['media'])}), off-site: {'yes' if c['offsite'] else 'no'}")
+    for loc in r["locations"]:
+        if loc["error"]:
+            print(f"  {loc['name']} ({loc['url']}) unreadable: {loc['error']}")
+    for problem in r["rpo_problems"]:
+        print(f"RPO: {problem}")
+    cost = r["monthly_cost_cny"]
+    print(f"estimated OSS cost: CNY {cost['total']:.2f}/month (standard {cost['standard']:.2f}, "
+          f"IA {cost['ia']:.2f}, archive {cost['archive']:.2f}, replication {cost['crr_traffic']:.2f})")
+    print(f"compliant: {'yes' if r['compliant'] else 'NO'}")

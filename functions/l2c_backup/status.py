@@ -1,0 +1,181 @@
+"""Where the backups stand: per kind the newest one and its age against the RPO, and the
+3-2-1 view (copies in the primary bucket, the DR bucket and the local mirror; media;
+off-site), plus a monthly OSS cost estimate from the real sizes.
+
+The watchdog uses the same survey: a timer that never fired, or a function that never
+started, shows up here as a newest verified backup older than the RPO.
+"""
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from . import alerts, names
+from .prune import parse, sidecar_owner
+
+log = logging.getLogger(__name__)
+
+HOUR = 3600
+RPO_SECONDS = {"daily": 24 * HOUR, "weekly": 7 * 24 * HOUR, "manual": None}  # PLAN: RPO 24 h
+DEFAULT_GRACE_SECONDS = 2 * HOUR  # a 02:00 backup may take a while; alert past 26 h
+# PLAN §7 (Hangzhou), CNY per GB-month and per GB copied across regions; configurable.
+PRICES = {"standard": 0.12, "ia": 0.04, "archive": 0.033, "crr_traffic": 0.5}
+IA_AFTER_DAYS, ARCHIVE_AFTER_DAYS = 30, 90  # PLAN §4.3 lifecycle rule
+GB = 1024 ** 3
+
+
+@dataclass
+class BackupInfo:
+    key: str
+    kind: str
+    group: str
+    stamp: str
+    size: int
+    verdict: str  # ok / failed / "" (not verified yet)
+    finished_at: float  # from the manifest; the object's LastModified when it has none
+
+
+@dataclass
+class Location:
+    name: str  # primary / dr / mirror
+    url: str
+    medium: str  # "OSS" or "local disk"
+    offsite: bool
+    backups: list = field(default_factory=list)
+    error: str = ""
+
+
+def survey(storage):
+    """Every backup under the prefix with its size, verdict and completion time."""
+    objects = {o.key: o for o in storage.list(storage.prefix)}
+    found = []
+    for key, obj in sorted(objects.items()):
+        if sidecar_owner(key):
+            continue
+        b = parse(storage.prefix, key)
+        if b is None:
+            continue
+        finished = obj.last_modified
+        if names.manifest_key(key) in objects:
+            try:
+                doc = json.loads(b"".join(storage.open(names.manifest_key(key))))
+                finished = datetime.fromisoformat(doc["finished_at"]).timestamp()
+            except (ValueError, KeyError, FileNotFoundError):
+                pass
+        else:
+            continue  # no manifest: the backup never completed, so it does not count
+        try:
+            verdict = storage.get_tags(key).get("verify", "")
+        except FileNotFoundError:
+            verdict = ""
+        found.append(BackupInfo(key, b.kind, b.group, b.stamp, obj.size, verdict, finished))
+    return found
+
+
+def newest(backups, kind, verified=False):
+    pool = [b for b in backups if b.kind == kind and b.group != "globals"
+            and (b.verdict == "ok" or not verified)]
+    return max(pool, key=lambda b: (b.stamp, b.finished_at), default=None)
+
+
+def check_rpo(backups, kinds, now, grace=DEFAULT_GRACE_SECONDS):
+    """[(kind, problem)] for kinds whose newest verified backup is older than RPO + grace."""
+    problems = []
+    for kind in kinds:
+        rpo = RPO_SECONDS[kind]
+        if rpo is None:
+            continue
+        latest = newest(backups, kind, verified=True)
+        if latest is None:
+            problems.append((kind, f"no verified {kind} backup at all"))
+        elif now - latest.finished_at > rpo + grace:
+            age_h = (now - latest.finished_at) / HOUR
+            problems.append((kind, f"the newest verified {kind} backup ({latest.key}) is "
+                                   f"{age_h:.1f} h old, over the RPO of {rpo / HOUR:.0f} h"))
+    return problems
+
+
+def watchdog(storage, kinds=("daily", "weekly"), now=None, grace=DEFAULT_GRACE_SECONDS):
+    """One urgent alert per kind that missed its RPO; returns the problems."""
+    now = now if now is not None else datetime.now(timezone.utc).timestamp()
+    problems = check_rpo(survey(storage), kinds, now, grace)
+    for kind, problem in problems:
+        log.error("watchdog: %s", problem)
+        alerts.send(alerts.Alert("urgent", "backup missing", problem,
+                                 {"kind": kind, "target": storage.url}))
+    if not problems:
+        log.info("watchdog: every kind has a verified backup within its RPO")
+    return problems
+
+
+def storage_class(age_days):
+    if age_days >= ARCHIVE_AFTER_DAYS:
+        return "archive"
+    return "ia" if age_days >= IA_AFTER_DAYS else "standard"
+
+
+def monthly_cost(backups, now, prices=PRICES, replicated=False):
+    """CNY per month for these objects where they are now in the lifecycle, plus the
+    cross-region traffic of a month of new backups when replication is on."""
+    cost = {"standard": 0.0, "ia": 0.0, "archive": 0.0, "crr_traffic": 0.0}
+    for b in backups:
+        tier = storage_class((now - b.finished_at) / 86400)
+        cost[tier] += b.size / GB * prices[tier]
+    if replicated:
+        month = [b for b in backups if now - b.finished_at <= 30 * 86400]
+        cost["crr_traffic"] = sum(b.size for b in month) / GB * prices["crr_traffic"]
+    cost["total"] = sum(cost.values())
+    return {k: round(v, 4) for k, v in cost.items()}
+
+
+def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices=PRICES):
+    """The status report: per kind on the primary, and 3-2-1 for the newest backups."""
+    now = now if now is not None else datetime.now(timezone.utc).timestamp()
+    primary = locations[0]
+    per_kind = {}
+    for kind in kinds:
+        mine = [b for b in primary.backups if b.kind == kind and b.group != "globals"]
+        latest = newest(primary.backups, kind)
+        per_kind[kind] = {
+            "count": len(mine), "keep": keep.get(kind), "bytes": sum(b.size for b in mine),
+            "newest": latest.key if latest else None,
+            "newest_verdict": (latest.verdict or "unverified") if latest else None,
+            "age_hours": round((now - latest.finished_at) / HOUR, 2) if latest else None,
+            "rpo_hours": RPO_SECONDS[kind] / HOUR if RPO_SECONDS[kind] else None,
+        }
+    rpo_problems = check_rpo(primary.backups, kinds, now, grace)
+    copies = []
+    for kind in kinds:
+        latest = newest(primary.backups, kind)
+        if latest is None or RPO_SECONDS[kind] is None:
+            continue
+        relative = latest.key[len(names_prefix(latest.key)):]
+        found = [loc for loc in locations if any(b.key.endswith(relative) for b in loc.backups)]
+        copies.append({"kind": kind, "key": latest.key,
+                       "copies": [loc.name for loc in found],
+                       "media": sorted({loc.medium for loc in found}),
+                       "offsite": any(loc.offsite for loc in found)})
+    compliant = (not rpo_problems and bool(copies) and all(
+        len(c["copies"]) >= 3 and len(c["media"]) >= 2 and c["offsite"] for c in copies))
+    return {
+        "compliant": compliant,
+        "kinds": per_kind,
+        "rpo_problems": [p for _, p in rpo_problems],
+        "three_two_one": copies,
+        "locations": [{"name": loc.name, "url": loc.url, "medium": loc.medium,
+                       "offsite": loc.offsite, "backups": len(loc.backups), "error": loc.error}
+                      for loc in locations],
+        "monthly_cost_cny": monthly_cost(
+            primary.backups, now, prices,
+            replicated=any(loc.name == "dr" and loc.backups for loc in locations)),
+    }
+
+
+def names_prefix(key):
+    """The prefix part of a backup key (up to and including the folder before the kind)."""
+    for kind in names.KINDS:
+        marker = f"{kind}/"
+        at = key.find(marker)
+        if at >= 0:
+            return key[:at]
+    return ""

@@ -1,0 +1,37 @@
+"""FC handler of the `watchdog` function (hourly timer).
+
+Alerts urgently when the newest verified backup of a kind is older than the RPO plus a
+grace period: it catches the timer that never fired and the function that never started,
+failures nobody else reports.
+"""
+import json
+import logging
+import os
+
+from l2c_backup import config, logs
+from l2c_backup.errors import ConfigInvalid, L2CError, NotCompliant
+from l2c_backup.fc import credentials_from
+from l2c_backup.status import HOUR, watchdog
+from l2c_backup.storage import open_storage
+
+log = logging.getLogger("l2c_backup.handler.watchdog")
+
+
+def handler(event, context):
+    logs.setup(json_lines=True)
+    request_id = getattr(context, "request_id", "") or ""
+    with logs.bound(request_id=request_id, function="watchdog"):
+        try:
+            target, oss = config.storage_target(credentials=credentials_from(context))
+            kinds = [k for k in os.environ.get("WATCHDOG_KINDS", "daily,weekly").split(",") if k]
+            if not kinds or not set(kinds) <= {"daily", "weekly"}:
+                raise ConfigInvalid("WATCHDOG_KINDS must list daily and/or weekly",
+                                    "e.g. WATCHDOG_KINDS=daily,weekly (manual has no schedule)")
+            grace = float(os.environ.get("WATCHDOG_GRACE_HOURS", 2)) * HOUR
+            problems = watchdog(open_storage(target, oss), kinds, grace=grace)
+        except (L2CError, ValueError) as err:
+            log.error("watchdog could not check the backups (%s): %s", type(err).__name__, err)
+            raise
+        if problems:
+            raise NotCompliant("; ".join(p for _, p in problems), "see the urgent alert")
+    return json.dumps({"ok": True, "kinds": kinds})

@@ -1,0 +1,124 @@
+"""The watchdog (a backup that silently never ran) and the 3-2-1 status report."""
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from fc_handlers import fc_context, load_handler
+from l2c_backup import alerts, config
+from l2c_backup.errors import NotCompliant
+from l2c_backup.status import GB, monthly_cost, BackupInfo
+from l2c_backup.storage import open_storage
+
+watchdog_fn = load_handler("watchdog")
+HOUR = 3600
+
+
+def put_backup(storage, key, hours_ago, verified=True):
+    finished = datetime.fromtimestamp(time.time() - hours_ago * HOUR, timezone.utc).isoformat()
+    storage.put_bytes(key, b"x" * 1000)
+    storage.put_bytes(key + ".manifest.json", json.dumps({"finished_at": finished}).encode())
+    if verified:
+        storage.set_tags(key, {"verify": "ok", "verify-reason": "ok"})
+
+
+@pytest.fixture
+def alerts_sent():
+    sent = []
+    sink = alerts.add_sink(sent.append)
+    yield sent
+    alerts.remove_sink(sink)
+
+
+@pytest.fixture
+def primary(monkeypatch, oss_server):
+    env = {"OSS_ENDPOINT": oss_server.endpoint, "OSS_BACKUP_BUCKET": "l2c-backups",
+           "OSS_ACCESS_KEY_ID": oss_server.access_key_id,
+           "OSS_ACCESS_KEY_SECRET": oss_server.access_key_secret}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("BACKUP_TARGET", raising=False)
+    target, settings = config.storage_target(env)
+    return open_storage(target, settings), env
+
+
+def test_watchdog_alerts_once_when_the_newest_daily_is_older_than_the_rpo_plus_grace(
+        primary, alerts_sent):
+    storage, _ = primary
+    put_backup(storage, "db-backups/daily/backup_2026-11-25.sql.gz", hours_ago=27)
+    put_backup(storage, "db-backups/daily/backup_2026-11-26.sql.gz", hours_ago=3, verified=False)
+    put_backup(storage, "db-backups/weekly/backup_2026-W48.sql.gz", hours_ago=30)
+
+    with pytest.raises(NotCompliant, match="27.0 h old"):
+        watchdog_fn.handler(b'{"triggerTime":"2026-11-27T01:00:00Z","triggerName":"hourly","payload":""}',
+                            fc_context(name="watchdog"))
+    assert [(a.severity, a.details["kind"]) for a in alerts_sent] == [("urgent", "daily")]
+
+
+def test_watchdog_is_quiet_while_every_kind_is_within_its_rpo(primary, alerts_sent):
+    storage, _ = primary
+    put_backup(storage, "db-backups/daily/backup_2026-11-26.sql.gz", hours_ago=20)
+    put_backup(storage, "db-backups/weekly/backup_2026-W48.sql.gz", hours_ago=100)
+    assert json.loads(watchdog_fn.handler(b"{}", fc_context(name="watchdog")))["ok"]
+    assert alerts_sent == []
+
+
+def test_watchdog_alerts_when_a_kind_never_had_a_backup(primary, alerts_sent):
+    storage, _ = primary
+    put_backup(storage, "db-backups/daily/backup_2026-11-26.sql.gz", hours_ago=1)
+    with pytest.raises(NotCompliant, match="no verified weekly backup"):
+        watchdog_fn.handler(b"{}", fc_context(name="watchdog"))
+    assert len(alerts_sent) == 1
+
+
+def run_status(env, *args):
+    env = dict(env, PATH="/usr/bin:/bin")
+    return subprocess.run([sys.executable, "-m", "l2c_backup.cli", "status", "--json", *args],
+                          capture_output=True, text=True, env=env)
+
+
+def test_status_without_dr_copies_is_not_compliant_and_exits_nonzero(primary, oss_server, tmp_path):
+    storage, env = primary
+    put_backup(storage, "db-backups/daily/backup_2026-11-26.sql.gz", hours_ago=5)
+    put_backup(storage, "db-backups/weekly/backup_2026-W48.sql.gz", hours_ago=5)
+    oss_server.create_bucket("l2c-backups-dr")
+    result = run_status(dict(env, OSS_DR_BUCKET="l2c-backups-dr"), "--mirror", str(tmp_path))
+    assert result.returncode == 20
+    report = json.loads(result.stdout)
+    assert report["compliant"] is False
+    daily = next(c for c in report["three_two_one"] if c["kind"] == "daily")
+    assert daily["copies"] == ["primary"] and daily["offsite"] is False
+
+
+def test_status_with_all_three_copies_is_compliant(primary, oss_server, tmp_path):
+    storage, env = primary
+    oss_server.create_bucket("l2c-backups-dr")
+    dr_target, dr_settings = config.storage_target(env, "oss://l2c-backups-dr/db-backups/")
+    dr = open_storage(dr_target, dr_settings)
+    mirror = open_storage(str(tmp_path))
+    for store in (storage, dr, mirror):
+        put_backup(store, "db-backups/daily/backup_2026-11-26.sql.gz", hours_ago=5)
+        put_backup(store, "db-backups/weekly/backup_2026-W48.sql.gz", hours_ago=50)
+    result = run_status(dict(env, OSS_DR_BUCKET="l2c-backups-dr"), "--mirror", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["compliant"] is True
+    for copy in report["three_two_one"]:
+        assert copy["copies"] == ["primary", "dr", "mirror"]
+        assert copy["media"] == ["OSS", "local disk"] and copy["offsite"]
+    assert report["kinds"]["daily"]["count"] == 1 and report["kinds"]["daily"]["keep"] == 30
+    cost = report["monthly_cost_cny"]  # tiny test objects: the cost rounds to almost nothing
+    assert cost["total"] == pytest.approx(sum(v for k, v in cost.items() if k != "total"))
+
+
+def test_cost_follows_the_lifecycle_tiers_and_plan_prices():
+    now = 1_000 * 86400
+    backups = [BackupInfo(f"k{d}", "daily", "", str(d), GB, "ok", now - d * 86400)
+               for d in (1, 40, 100)]
+    cost = monthly_cost(backups, now, replicated=True)
+    assert cost["standard"] == 0.12 and cost["ia"] == 0.04 and cost["archive"] == 0.033
+    assert cost["crr_traffic"] == 0.5  # only the backup of the last month is new traffic
+    assert cost["total"] == pytest.approx(0.693)
