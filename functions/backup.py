@@ -6,7 +6,6 @@ records the invocation as failed; nothing is swallowed.
 """
 import json
 import logging
-import os
 
 from l2c_backup import config, events, logs
 from l2c_backup.backup import run_backup
@@ -36,7 +35,7 @@ def handler(event, context):
             if creds:
                 logs.register_secret(creds[1], creds[2])
             cfg = config.load(credentials=creds)
-            budget = time_budget(context, os.environ)
+            budget = time_budget(context, config.environment())
             if budget:
                 cfg.timeout_seconds = budget
             summary = run_backup(cfg, request["kind"], request_id=request_id)

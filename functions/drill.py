@@ -6,7 +6,6 @@ DRILL_DATABASE_URL (default DATABASE_URL), never under the production name.
 """
 import json
 import logging
-import os
 
 from l2c_backup import config, events, logs
 from l2c_backup.database import DatabaseSettings
@@ -34,7 +33,7 @@ def handler(event, context):
     with logs.bound(request_id=request_id, function="drill"):
         try:
             request = events.parse_drill_event(event)
-            environ = dict(os.environ)
+            environ = config.environment()
             source = request.get("source", "primary")
             if source == "dr" and environ.get("OSS_DR_ENDPOINT"):
                 environ["OSS_ENDPOINT"] = environ["OSS_DR_ENDPOINT"]

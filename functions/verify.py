@@ -8,7 +8,6 @@ verdict and neither alerts again nor changes it.
 """
 import json
 import logging
-import os
 
 from l2c_backup import config, events, logs, names
 from l2c_backup.errors import BackupCorrupt, L2CError
@@ -27,8 +26,8 @@ def handler(event, context):
         try:
             records = events.parse_oss_event(event)
             _, oss = config.storage_target(credentials=credentials_from(context))
-            prefix = os.environ.get("OSS_BACKUP_PREFIX", "db-backups/")
-            wait = int(os.environ.get("VERIFY_MANIFEST_WAIT_SECONDS", 60))
+            prefix = config.environment().get("OSS_BACKUP_PREFIX", "db-backups/")
+            wait = int(config.environment().get("VERIFY_MANIFEST_WAIT_SECONDS", 60))
             for bucket, key, event_name in records:
                 if not (key.startswith(prefix) and key.endswith(names.SUFFIX)):
                     ignored.append(key)

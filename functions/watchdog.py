@@ -6,7 +6,6 @@ failures nobody else reports.
 """
 import json
 import logging
-import os
 
 from l2c_backup import config, logs
 from l2c_backup.errors import ConfigInvalid, L2CError, NotCompliant
@@ -23,11 +22,11 @@ def handler(event, context):
     with logs.bound(request_id=request_id, function="watchdog"):
         try:
             target, oss = config.storage_target(credentials=credentials_from(context))
-            kinds = [k for k in os.environ.get("WATCHDOG_KINDS", "daily,weekly").split(",") if k]
+            kinds = [k for k in config.environment().get("WATCHDOG_KINDS", "daily,weekly").split(",") if k]
             if not kinds or not set(kinds) <= {"daily", "weekly"}:
                 raise ConfigInvalid("WATCHDOG_KINDS must list daily and/or weekly",
                                     "e.g. WATCHDOG_KINDS=daily,weekly (manual has no schedule)")
-            grace = float(os.environ.get("WATCHDOG_GRACE_HOURS", 2)) * HOUR
+            grace = float(config.environment().get("WATCHDOG_GRACE_HOURS", 2)) * HOUR
             problems = watchdog(open_storage(target, oss), kinds, grace=grace)
         except (L2CError, ValueError) as err:
             log.error("watchdog could not check the backups (%s): %s", type(err).__name__, err)

@@ -25,7 +25,7 @@ ENV_SCHEMA = {
                              "description": "'all' or a comma-separated list of database names"},
         "BACKUP_GLOBALS": _FLAG,
         "BACKUP_NO_ROLE_PASSWORDS": _FLAG,
-        "BACKUP_TARGET": {"type": "string", "minLength": 1,
+        "BACKUP_TARGET": {"type": "string", "minLength": 1, "x-cli-only": True,
                           "description": "oss://bucket/prefix or a directory path"},
         "OSS_ENDPOINT": {"type": "string", "pattern": "^https?://[^/]+/?$",
                          "description": "an endpoint URL like https://oss-cn-hangzhou.aliyuncs.com"},
@@ -48,12 +48,44 @@ ENV_SCHEMA = {
         "KEEP_WEEKLY": _COUNT,
         "KEEP_MANUAL": _COUNT,
         "PRUNE_AFTER_BACKUP": _FLAG,
+        "OSS_SSE_KMS_KEY_ID": {"type": "string", "minLength": 1, "description": "a KMS key id"},
+        "PG_BIN_DIR": {"type": "string", "minLength": 1,
+                       "description": "a directory holding pg_dump and psql"},
+        "VERIFY_MANIFEST_WAIT_SECONDS": _COUNT,
+        "OSS_DR_BUCKET": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$",
+                          "description": "a bucket name (the cross-region copy)"},
+        "OSS_DR_ENDPOINT": {"type": "string", "pattern": "^https?://[^/]+/?$",
+                            "description": "the DR region's endpoint URL"},
+        "DRILL_DATABASE_URL": {"type": "string", "pattern": "^postgres(ql)?://",
+                               "description": "a URL of the server that hosts drill databases"},
+        "DRILL_CHECKS": {"type": "string", "description": "a JSON list of SQL checks"},
+        "RTO_SECONDS": _COUNT,
+        "WATCHDOG_KINDS": {"type": "string", "pattern": "^(daily|weekly)(,(daily|weekly))?$",
+                           "description": "daily, weekly or daily,weekly"},
+        "WATCHDOG_GRACE_HOURS": {"type": "string", "pattern": r"^[0-9]{1,3}(\.[0-9]+)?$",
+                                 "description": "hours, e.g. 2"},
+        # Off FC only: FC functions take credentials from their role, the rest is local.
+        "OSS_ACCESS_KEY_ID": {"type": "string", "x-cli-only": True},
+        "OSS_ACCESS_KEY_SECRET": {"type": "string", "x-cli-only": True},
+        "OSS_SECURITY_TOKEN": {"type": "string", "x-cli-only": True},
+        "MIRROR_DIR": {"type": "string", "x-cli-only": True},
     },
 }
 
 
+def function_variables():
+    """The variables an FC function may be configured with (the templates declare these)."""
+    return sorted(k for k, v in ENV_SCHEMA["properties"].items() if not v.get("x-cli-only"))
+
+
 def _flag(value):
     return str(value).lower() in ("true", "yes", "1", "on")
+
+
+def environment(environ=None):
+    """The settings in force: os.environ (or `environ`) less empty values. The FC
+    templates declare every variable, and an unset one arrives as "": that means unset."""
+    return {k: v for k, v in (os.environ if environ is None else environ).items() if v != ""}
 
 
 def check_env(environ):
@@ -110,7 +142,7 @@ def oss_settings(environ, credentials=None):
 
 def storage_target(environ=None, target=None, credentials=None, flag="--to"):
     """(target, OSS settings or None): where backups live, for every operation."""
-    environ = dict(os.environ if environ is None else environ)
+    environ = environment(environ)
     if target:
         environ["BACKUP_TARGET"] = target
     check_env(environ)
@@ -137,7 +169,7 @@ def keep_counts(environ, target):
 
 def load(environ=None, database_url=None, target=None, credentials=None):
     """The backup configuration; explicit arguments (CLI flags, FC context) win over env."""
-    environ = dict(os.environ if environ is None else environ)
+    environ = environment(environ)
     if database_url:
         environ["DATABASE_URL"] = database_url
     target, oss = storage_target(environ, target, credentials)
