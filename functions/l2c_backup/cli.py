@@ -6,10 +6,10 @@ import logging
 import sys
 
 from . import __version__, logs
-from .commands import backup, demo, oss_server, prune, restore, status, verify
+from .commands import backup, demo, mirror, oss_server, prune, restore, status, verify
 from .errors import L2CError
 
-COMMANDS = (backup, verify, prune, restore, status, demo, oss_server)
+COMMANDS = (backup, verify, prune, restore, mirror, status, demo, oss_server)
 
 
 def build_parser():

@@ -100,6 +100,7 @@ class RangeRead:
     start: int  # where the bytes begin: the offset asked for, or 0 when all were sent
     etag: str  # of the object actually read
     chunks: object  # iterator of bytes
+    close: object  # releases the file or connection, also when not read to the end
 
 
 def open_range(storage, key, offset, chunk_size=CHUNK_SIZE):
@@ -114,11 +115,13 @@ def open_range(storage, key, offset, chunk_size=CHUNK_SIZE):
         st = os.fstat(f.fileno())
         start = offset if 0 < offset <= st.st_size else 0
         f.seek(start)
-        return RangeRead(start, f"{st.st_size}-{st.st_mtime_ns}", read_chunks(f, chunk_size))
+        return RangeRead(start, f"{st.st_size}-{st.st_mtime_ns}", read_chunks(f, chunk_size),
+                         f.close)
     info = storage.head(key)  # any other backend: no ranges, read it all
     if info is None:
         raise FileNotFoundError(key)
-    return RangeRead(0, info.etag, storage.open(key, chunk_size))
+    chunks = storage.open(key, chunk_size)
+    return RangeRead(0, _etag(info.etag), chunks, getattr(chunks, "close", lambda: None))
 
 
 def _oss_range(storage, key, offset, chunk_size):
@@ -137,7 +140,7 @@ def _oss_range(storage, key, offset, chunk_size):
         raise FileNotFoundError(f"{storage.url} has no object {key}") from None
     # OSS answers a range it does not like with the whole object (200), not an error.
     start = offset if offset > 0 and result.status == 206 else 0
-    return RangeRead(start, _etag(result.etag), read_chunks(result, chunk_size))
+    return RangeRead(start, _etag(result.etag), read_chunks(result, chunk_size), result.close)
 
 
 def _etag(value):
@@ -183,7 +186,8 @@ def mirror(source, dest_root, keep, kinds=None, chunk_size=CHUNK_SIZE, attempts=
             raise ConfigInvalid(f"keep for {kind} must be at least 1, got {n}",
                                 "a mirror always keeps a backup of each kind")
     dest = DirectoryStorage(dest_root, prefix=source.prefix)
-    if isinstance(source, DirectoryStorage) and os.path.realpath(source.root) == os.path.realpath(dest.root):
+    if (isinstance(source, DirectoryStorage)
+            and os.path.realpath(source.root) == os.path.realpath(dest.root)):
         raise ConfigInvalid(f"--from and --to are the same directory ({dest.root})",
                             "mirror into another directory")
     report = MirrorReport(source.url, dest.url, keep)
@@ -235,7 +239,7 @@ def _mirror_one(source, dest, obj, chunk_size, attempts):
             dest.put_bytes(names.manifest_key(obj.key), doc_bytes)
             item.action, item.detail = "skipped", "manifest written"
             return item
-        item.bytes, item.resumed_from = _fetch(source, obj, path, expected, chunk_size, attempts)
+        item.resumed_from = _fetch(source, obj, path, expected, chunk_size, attempts, item)
         dest.put_bytes(names.manifest_key(obj.key), doc_bytes)  # last, as backup writes it
         if state == "damaged":
             item.action, item.detail = "replaced", "the local copy did not match its manifest"
@@ -281,26 +285,26 @@ def _partial_paths(path):
     return partial, partial + SOURCE_SUFFIX
 
 
-def _fetch(source, obj, path, expected, chunk_size, attempts):
+def _fetch(source, obj, path, expected, chunk_size, attempts, item):
     """Streams the object into its partial and renames it into place once it matches the
-    manifest. Returns (bytes read from the source, bytes of an earlier partial kept)."""
+    manifest. Returns the bytes of an earlier run's partial that were kept; counts the
+    bytes read from the source in item.bytes."""
     partial, sidecar = _partial_paths(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    read_total, resumed_from = 0, 0
     for round_ in (1, 2):  # a mismatch is tried once more, from scratch
         copy = _Partial(partial, sidecar, obj.key, _etag(obj.etag), expected)
-        resumed_from = copy.size  # 0 on the second round: it starts from scratch
         try:
             copy.fill(source, chunk_size, attempts)
             problem = copy.mismatch()
         except Mismatch as err:
             problem = str(err)
-        read_total += copy.read
+        finally:
+            item.bytes += copy.read
         if problem is None:
             os.replace(partial, path)
             _fsync_dir(os.path.dirname(path))
             _unlink(sidecar)
-            return read_total, resumed_from
+            return copy.resumed_from
         _unlink(partial, sidecar)
         log.warning("%s: %s (attempt %d of 2)", obj.key, problem, round_)
     raise Mismatch(problem)
@@ -314,7 +318,7 @@ class _Partial:
         self.partial, self.sidecar, self.key, self.etag = partial, sidecar, key, etag
         self.expected_size, self.expected_sha = expected
         self.read = 0  # bytes read from the source by this copy
-        self.size = _resume_point(partial, sidecar, key, etag, expected)
+        self.size = self.resumed_from = _resume_point(partial, sidecar, key, etag, expected)
         if self.size:
             self.sha = _sha256_file(partial)  # the bytes of the earlier run, hashed again
         else:
@@ -350,6 +354,7 @@ class _Partial:
                                f"(ETag {self.etag} -> {rng.etag})")
             if rng.start != self.size:  # the whole object was sent: start over with it
                 self._start_over()
+                self.resumed_from = 0
             with open(self.partial, "ab") as f:
                 try:
                     for chunk in rng.chunks:
@@ -364,7 +369,7 @@ class _Partial:
                     f.flush()
                     os.fsync(f.fileno())
         finally:
-            rng.chunks.close()
+            rng.close()
 
     def mismatch(self):
         """None when the bytes match the manifest, else what differs."""
