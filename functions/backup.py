@@ -10,7 +10,7 @@ import logging
 from l2c_backup import config, events, logs
 from l2c_backup.backup import run_backup
 from l2c_backup.errors import L2CError
-from l2c_backup.fc import credentials_from
+from l2c_backup.fc import credentials_from, report_failure
 
 log = logging.getLogger("l2c_backup.handler.backup")
 
@@ -40,6 +40,6 @@ def handler(event, context):
                 cfg.timeout_seconds = budget
             summary = run_backup(cfg, request["kind"], request_id=request_id)
         except L2CError as err:
-            log.error("backup failed (%s, severity %s): %s", type(err).__name__, err.severity, err)
+            report_failure(log, "backup", err)
             raise
     return json.dumps(summary)

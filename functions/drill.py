@@ -11,7 +11,7 @@ from l2c_backup import config, events, logs
 from l2c_backup.database import DatabaseSettings
 from l2c_backup.drill import RTO_SECONDS, run_drill
 from l2c_backup.errors import ConfigInvalid, L2CError, RestoreFailed
-from l2c_backup.fc import credentials_from
+from l2c_backup.fc import already_alerted, credentials_from, report_failure
 from l2c_backup.storage import open_storage
 
 log = logging.getLogger("l2c_backup.handler.drill")
@@ -54,9 +54,9 @@ def handler(event, context):
                                production.dbname, checks,
                                int(environ.get("RTO_SECONDS", RTO_SECONDS)), request_id)
         except L2CError as err:
-            log.error("drill failed (%s): %s", type(err).__name__, err)
+            report_failure(log, "drill", err)
             raise
         if not report["ok"]:
-            raise RestoreFailed("drill failed: " + "; ".join(report["failures"]),
-                                "see the alert; restore the backup by hand to investigate")
+            raise already_alerted(RestoreFailed("drill failed: " + "; ".join(report["failures"]),
+                                                "see the alert; restore the backup by hand to investigate"))
     return json.dumps(report)

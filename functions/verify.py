@@ -11,7 +11,7 @@ import logging
 
 from l2c_backup import config, events, logs, names
 from l2c_backup.errors import BackupCorrupt, L2CError
-from l2c_backup.fc import credentials_from
+from l2c_backup.fc import already_alerted, credentials_from, report_failure
 from l2c_backup.storage import open_storage
 from l2c_backup.verify import verify
 
@@ -39,11 +39,11 @@ def handler(event, context):
                     log.warning("%s is gone (deleted before it was verified)", key)
                     ignored.append(key)
         except L2CError as err:
-            log.error("verify failed (%s, severity %s): %s", type(err).__name__, err.severity, err)
+            report_failure(log, "verify", err)
             raise
         failed = [r for r in results if r["verdict"] != "ok"]
         if failed:
-            raise BackupCorrupt(f"{len(failed)} backup(s) failed verification: " +
+            raise already_alerted(BackupCorrupt(f"{len(failed)} backup(s) failed verification: " +
                                 ", ".join(f"{r['key']} ({r['reason']})" for r in failed),
-                                "see the alert and <key>.verify.json; take a manual backup now")
+                                "see the alert and <key>.verify.json; take a manual backup now"))
     return json.dumps({"results": results, "ignored": ignored})

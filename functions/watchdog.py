@@ -9,7 +9,7 @@ import logging
 
 from l2c_backup import config, logs
 from l2c_backup.errors import ConfigInvalid, L2CError, NotCompliant
-from l2c_backup.fc import credentials_from
+from l2c_backup.fc import already_alerted, credentials_from, report_failure
 from l2c_backup.status import HOUR, watchdog
 from l2c_backup.storage import open_storage
 
@@ -28,9 +28,9 @@ def handler(event, context):
                                     "e.g. WATCHDOG_KINDS=daily,weekly (manual has no schedule)")
             grace = float(config.environment().get("WATCHDOG_GRACE_HOURS", 2)) * HOUR
             problems = watchdog(open_storage(target, oss), kinds, grace=grace)
-        except (L2CError, ValueError) as err:
-            log.error("watchdog could not check the backups (%s): %s", type(err).__name__, err)
+        except L2CError as err:
+            report_failure(log, "watchdog", err)
             raise
         if problems:
-            raise NotCompliant("; ".join(p for _, p in problems), "see the urgent alert")
+            raise already_alerted(NotCompliant("; ".join(p for _, p in problems), "see the urgent alert"))
     return json.dumps({"ok": True, "kinds": kinds})

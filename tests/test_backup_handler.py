@@ -5,7 +5,7 @@ import oss2
 import pytest
 
 from fc_handlers import fc_context, load_handler
-from l2c_backup.errors import ConfigInvalid, EventInvalid, UploadFailed
+from l2c_backup.errors import ConfigInvalid, EventInvalid, L2CError, UploadFailed
 
 backup = load_handler("backup")
 
@@ -81,3 +81,40 @@ def test_missing_bucket_setting_is_named(fc_env, monkeypatch):
     monkeypatch.delenv("OSS_BACKUP_BUCKET")
     with pytest.raises(ConfigInvalid, match="OSS_BACKUP_BUCKET"):
         backup.handler(b'{"kind":"manual"}', fc_context("r", "STS.role-key", "role-secret", "role-token"))
+
+
+@pytest.fixture
+def alerts_sent():
+    from l2c_backup import alerts
+    sent = []
+    sink = alerts.add_sink(sent.append)
+    yield sent
+    alerts.remove_sink(sink)
+
+
+def test_a_backup_reports_success_as_info_and_a_slow_one_also_as_notice(fc_env, alerts_sent, monkeypatch):
+    from l2c_backup import backup as backup_lib
+    monkeypatch.setattr(backup_lib, "SLOW_SECONDS", 0)
+    backup.handler(b'{"kind":"manual"}', fc_context("r", "STS.role-key", "role-secret", "role-token"))
+    assert [(a.severity, a.title) for a in alerts_sent] == [("notice", "backup slow"), ("info", "backup done")]
+    assert alerts_sent[1].details["bytes"] > 0 and alerts_sent[1].details["key"].endswith(".sql.gz")
+
+
+def test_failures_alert_once_urgent_for_the_database_and_as_a_warning_for_oss(fc_env, alerts_sent,
+                                                                             monkeypatch, oss_server):
+    from l2c_local.oss import Fault
+    oss_server.inject(Fault(query="partNumber", status=403, code="AccessDenied", times=None))
+    with pytest.raises(UploadFailed):
+        backup.handler(b'{"kind":"manual"}', fc_context("r", "STS.role-key", "role-secret", "role-token"))
+    assert [(a.severity, a.title) for a in alerts_sent] == [("warning", "OSS upload failed")]
+
+    alerts_sent.clear()
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres:pw@127.0.0.1:1/app")
+    with pytest.raises(L2CError):
+        backup.handler(b'{"kind":"manual"}', fc_context("r", "STS.role-key", "role-secret", "role-token"))
+    assert [(a.severity, a.title) for a in alerts_sent] == [("urgent", "backup failed")]
+
+    alerts_sent.clear()
+    with pytest.raises(EventInvalid):
+        backup.handler(b'{"kind":"hourly"}', fc_context())
+    assert [(a.severity, a.title) for a in alerts_sent] == [("urgent", "backup failed")]

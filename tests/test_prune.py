@@ -131,7 +131,7 @@ def test_each_backup_prunes_its_kind_and_a_failing_prune_only_warns(oss_server, 
                                                                     seeded_db):
     env = dict(oss_env(oss_server), DATABASE_URL=pg_cluster.url(seeded_db), KEEP_MANUAL="1")
     sent = []
-    sink = alerts.add_sink(sent.append)
+    sink = alerts.add_sink(lambda a: a.title != "backup done" and sent.append(a))
     try:
         run_backup(config.load(env), "manual")
         run_backup(config.load(env), "manual")

@@ -1,18 +1,26 @@
 """The alert seam: every operation reports through `send`, never to a channel directly.
 
-Here an alert is a log line at its severity's level, and any registered sink (tests, and
-the channel senders of the alerts work) receives it too. Sending never raises: an alert
-that cannot be delivered must not change the outcome of what it reports.
+An alert is a log line at its severity's level; the channels configured by environment
+(DingTalk, WeCom, Slack, a JSON webhook, SMS: see channels.py) get it by the routing
+table there, and any registered sink (tests) receives it too. Sending never raises: an
+alert that cannot be delivered must not change the outcome of what it reports.
 """
 import logging
 from dataclasses import dataclass, field
 
+from . import channels
+from .channels import configure  # noqa: F401  (alerts.configure(environ) for tests and tools)
 from .logs import redact
 
 log = logging.getLogger(__name__)
 
 LEVELS = {"urgent": logging.ERROR, "warning": logging.WARNING, "notice": logging.INFO,
           "info": logging.INFO}
+MARKS = {"info": "✅ 成功", "notice": "⚠️ 注意"}  # urgent, warning and anything unknown: failed
+FAILED = "❌ 失败"
+# The facts an operator looks for first, in this order; other details follow as given.
+_SIZE_KEYS = ("bytes", "size")
+_DURATION_KEYS = ("seconds", "restore_seconds", "duration")
 _sinks = []
 
 
@@ -21,12 +29,53 @@ class Alert:
     severity: str  # urgent / warning / notice / info
     title: str  # e.g. "backup failed", "verify failed"
     reason: str
-    details: dict = field(default_factory=dict)  # database, kind, key, bytes, seconds
+    details: dict = field(default_factory=dict)  # database, kind, key, bytes, seconds, reason
+
+    def headline(self):
+        return redact(f"[L2C 备份] {MARKS.get(self.severity, FAILED)}: {self.title}")
+
+    def facts(self):
+        """(name, value) pairs to show: database, kind, key, size, duration, reason, then
+        the rest of the details; empty values left out."""
+        details = {k: v for k, v in self.details.items() if v is not None and v != ""}
+        shown = []
+        for name in ("database", "kind", "key"):
+            if name in details:
+                shown.append((name, str(details.pop(name))))
+        for name in _SIZE_KEYS:
+            if name in details:
+                shown.append(("size", _size(details.pop(name))))
+                break
+        for name in _DURATION_KEYS:
+            if name in details:
+                shown.append(("duration", _duration(details.pop(name))))
+                break
+        if "reason" in details:
+            shown.append(("reason", str(details.pop("reason"))))
+        shown.extend((k, str(v)) for k, v in details.items())
+        return [(k, redact(v)) for k, v in shown]
 
     def text(self):
-        mark = "✅ 成功" if self.severity == "info" else "❌ 失败"
-        facts = ", ".join(f"{k}={v}" for k, v in self.details.items())
-        return redact(f"[L2C 备份] {mark}: {self.title}: {self.reason}" + (f" ({facts})" if facts else ""))
+        facts = ", ".join(f"{k}={v}" for k, v in self.facts())
+        return redact(f"{self.headline()}: {self.reason}" + (f" ({facts})" if facts else ""))
+
+
+def _size(value):
+    try:
+        size = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+
+
+def _duration(value):
+    try:
+        return f"{float(value):.1f}s"
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def add_sink(sink):
@@ -41,6 +90,10 @@ def remove_sink(sink):
 
 def send(alert):
     log.log(LEVELS.get(alert.severity, logging.ERROR), "alert (%s): %s", alert.severity, alert.text())
+    try:
+        channels.deliver(alert)
+    except Exception as exc:  # deliver() catches its own failures; this is the last guard
+        log.error("alert channels failed: %s: %s", type(exc).__name__, redact(str(exc)))
     for sink in list(_sinks):
         try:
             sink(alert)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import oss2
 
-from . import __version__, manifest, names
+from . import __version__, alerts, manifest, names
 from .compress import gzip_members
 from .database import Snapshot, inspect, list_databases
 from .dump import PgDump, check_dump_compatible, find_pg_tool, globals_dump, pg_tool_version
@@ -127,6 +127,15 @@ def run_backup(config, kind, request_id="", when=None, after_success=None, progr
     logged, never fatal.
     """
     after_success = after_success_steps(config) if after_success is None else after_success
+    try:
+        return _run_backup(config, kind, request_id, when, after_success, progress)
+    except L2CError as err:
+        if not getattr(err, "alerted", False):  # failed before any database was tried
+            _alert_failure(err, "-", kind)
+        raise
+
+
+def _run_backup(config, kind, request_id, when, after_success, progress):
     when = when or names.now()
     started = time.monotonic()
     deadline = started + config.timeout_seconds if config.timeout_seconds else None
@@ -145,12 +154,19 @@ def run_backup(config, kind, request_id="", when=None, after_success=None, progr
                                                     folder=dbname if multi else None))
                 except L2CError as err:
                     log.error("backup of %s failed: %s", dbname, err)
+                    _alert_failure(err, dbname, kind)
                     failures.append(err)
         if config.with_globals and not failures:
             with bound(database="(globals)"):
-                outcomes.append(backup_globals(config, storage, kind, when, request_id, deadline))
+                try:
+                    outcomes.append(backup_globals(config, storage, kind, when, request_id, deadline))
+                except L2CError as err:
+                    _alert_failure(err, "(globals)", kind)
+                    failures.append(err)
         if failures:
             raise failures[0]
+        for outcome in outcomes:
+            _alert_success(outcome, kind)
         for hook in after_success:
             try:
                 hook(kind, storage, outcomes)
@@ -160,6 +176,26 @@ def run_backup(config, kind, request_id="", when=None, after_success=None, progr
     return {"kind": kind, "target": storage.url, "request_id": request_id,
             "seconds": round(time.monotonic() - started, 3),
             "backups": [o.summary() for o in outcomes]}
+
+
+SLOW_SECONDS = 30 * 60  # PLAN §6: a backup over 30 minutes is worth a notice
+
+
+def _alert_failure(err, database, kind):
+    title = "OSS upload failed" if isinstance(err, UploadFailed) else "backup failed"
+    alerts.send(alerts.Alert(err.severity, title, str(err), {"database": database, "kind": kind}))
+    err.alerted = True
+
+
+def _alert_success(outcome, kind):
+    if outcome.skipped:
+        return
+    facts = {"database": outcome.database, "kind": kind, "key": outcome.key,
+             "bytes": outcome.size, "seconds": round(outcome.seconds, 1)}
+    if outcome.seconds > SLOW_SECONDS:
+        alerts.send(alerts.Alert("notice", "backup slow", f"took {outcome.seconds / 60:.0f} "
+                                 f"minutes (over {SLOW_SECONDS // 60})", facts))
+    alerts.send(alerts.Alert("info", "backup done", f"{outcome.size:,} bytes", facts))
 
 
 def _databases(config):

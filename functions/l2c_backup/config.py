@@ -64,6 +64,11 @@ ENV_SCHEMA = {
                            "description": "daily, weekly or daily,weekly"},
         "WATCHDOG_GRACE_HOURS": {"type": "string", "pattern": r"^[0-9]{1,3}(\.[0-9]+)?$",
                                  "description": "hours, e.g. 2"},
+        # Alert channels (channels.py checks their values and logs what is wrong).
+        **{name: {"type": "string"} for name in (
+            "ALERT_DINGTALK_WEBHOOK", "ALERT_DINGTALK_SECRET", "ALERT_WECOM_WEBHOOK",
+            "ALERT_SLACK_WEBHOOK", "ALERT_WEBHOOK_URL", "ALERT_SMS_WEBHOOK_URL",
+            "ALERT_SMS_PHONES", "ALERT_SUCCESS", "ALERT_COALESCE_SECONDS", "ALERT_TIMEOUT_SECONDS")},
         # Off FC only: FC functions take credentials from their role, the rest is local.
         "OSS_ACCESS_KEY_ID": {"type": "string", "x-cli-only": True},
         "OSS_ACCESS_KEY_SECRET": {"type": "string", "x-cli-only": True},

@@ -51,8 +51,10 @@ class DumpFailed(L2CError):
 
 
 class UploadFailed(L2CError):
-    """The backup could not be written to its target (OSS or a directory)."""
+    """The backup could not be written to its target (OSS or a directory). PLAN §6: a
+    warning; the watchdog escalates when no verified backup follows within the RPO."""
     exit_code = 13
+    severity = "warning"
 
 
 class EventInvalid(L2CError):
