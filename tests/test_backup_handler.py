@@ -118,3 +118,17 @@ def test_failures_alert_once_urgent_for_the_database_and_as_a_warning_for_oss(fc
     with pytest.raises(EventInvalid):
         backup.handler(b'{"kind":"hourly"}', fc_context())
     assert [(a.severity, a.title) for a in alerts_sent] == [("urgent", "backup failed")]
+
+
+def test_an_alert_channel_that_fails_never_fails_the_backup(fc_env, capfd):
+    import tenacity
+    from l2c_backup import alerts
+    alerts.configure({"ALERT_DINGTALK_WEBHOOK": "http://127.0.0.1:9/robot/send?access_token=t0ken",
+                      "ALERT_SUCCESS": "true"}, wait=tenacity.wait_none())
+    try:
+        summary = json.loads(backup.handler(b'{"kind":"manual"}',
+                                            fc_context("r", "STS.role-key", "role-secret", "role-token")))
+    finally:
+        alerts.configure({})
+    assert summary["backups"][0]["bytes"] > 0
+    assert "alert to dingtalk not delivered after 3 attempts" in capfd.readouterr().err  # FC's log
