@@ -6,10 +6,12 @@ import logging
 import sys
 
 from . import __version__, logs
-from .commands import backup, demo, mirror, oss_server, prune, restore, status, verify
+from .commands import (backup, demo, fc_server, invoke, mirror, oss_server, prune, restore,
+                       setup_oss, status, verify)
 from .errors import L2CError
 
-COMMANDS = (backup, verify, prune, restore, mirror, status, demo, oss_server)
+COMMANDS = (backup, verify, prune, restore, mirror, status, setup_oss, invoke, demo, oss_server,
+            fc_server)
 
 
 def build_parser():

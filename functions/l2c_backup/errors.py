@@ -87,3 +87,15 @@ class RestoreFailed(L2CError):
 class NotCompliant(L2CError):
     """The 3-2-1 rule or the RPO is not met (status, watchdog)."""
     exit_code = 20
+
+
+class InvocationFailed(L2CError):
+    """The function failed on FC with an error that is not one of ours, or its outcome is
+    unknown (no answer in time, FC unreachable or failing). The remote error type and
+    the FC request id are in the message."""
+    exit_code = 18
+
+
+class SetupFailed(L2CError):
+    """A set-up step failed: OSS refused a change (names the step and OSS's answer)."""
+    exit_code = 19
