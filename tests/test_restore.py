@@ -1,7 +1,6 @@
 """Restore: round trips from OSS, a directory and the DR bucket; refusals; damage never
 leaves a half-restored database."""
 import gzip
-import hashlib
 import json
 import subprocess
 import sys

@@ -1,7 +1,6 @@
 """s.yaml and template.yml: they parse, declare real handlers, schedule what PLAN says,
 agree with each other and with the config schema, and hold no secret."""
 import json
-import pathlib
 import re
 
 import pytest

@@ -4,7 +4,6 @@ import gzip
 import json
 import zlib
 
-import oss2
 import pytest
 
 from l2c_backup import alerts, config, verify as verify_mod

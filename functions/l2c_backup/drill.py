@@ -6,7 +6,6 @@ row count, runs the operator's SQL checks, and always drops the scratch database
 when a step fails. The measured restore time is reported against the RTO (PLAN: 2 h).
 """
 import logging
-import time
 
 from . import alerts, names
 from .database import connect

@@ -48,7 +48,7 @@ from oss2.models import (AbortMultipartUpload, BucketCreateConfig, BucketLifecyc
                          StorageTransition)
 
 from . import config
-from .errors import ConfigInvalid, L2CError, SetupFailed
+from .errors import ConfigInvalid, SetupFailed
 from .storage.oss import OSSSettings
 
 LIFECYCLE_RULE_ID = "l2c-db-backups"

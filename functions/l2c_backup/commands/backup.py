@@ -3,7 +3,7 @@ import json
 import sys
 import time
 
-from .. import config, logs
+from .. import config
 from ..backup import run_backup
 from ..names import KINDS
 

@@ -1,10 +1,9 @@
 """`l2c-backup fc-server`: run the local FC endpoint until interrupted."""
 import json
-import signal
-import threading
 from pathlib import Path
 
 from ..errors import ConfigInvalid, LocalServiceFailed
+from .local_service import serve_until_stopped
 
 # functions/ of a source checkout: the handler files sit beside the l2c_backup package.
 DEFAULT_FUNCTIONS = Path(__file__).resolve().parent.parent.parent
@@ -85,12 +84,4 @@ def run(args):
               f"ALIBABA_CLOUD_ACCESS_KEY_SECRET={details['access_key_secret']} "
               "l2c-backup invoke backup\n"
               "Ctrl-C stops it.", flush=True)
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    try:
-        stopped.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-    return 0
+    return serve_until_stopped(server)

@@ -1,9 +1,8 @@
 """`l2c-backup oss-server`: run the local OSS endpoint until interrupted."""
 import json
-import signal
-import threading
 
 from ..errors import LocalServiceFailed
+from .local_service import serve_until_stopped
 
 
 def add_parser(subparsers):
@@ -47,12 +46,4 @@ def run(args):
               f"  access key secret: {details['access_key_secret']}  (test credentials)\n"
               f"  state:             {details['data']}\n"
               "Ctrl-C stops it.", flush=True)
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    try:
-        stopped.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-    return 0
+    return serve_until_stopped(server)

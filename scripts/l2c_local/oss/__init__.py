@@ -1,1 +1,3 @@
-from .server import LocalOSS, Fault
+from .server import Fault, LocalOSS
+
+__all__ = ["Fault", "LocalOSS"]

@@ -22,7 +22,7 @@ from . import xmlbody
 from .auth import Authenticator
 from .events import Dispatcher, Subscription, deliver, object_created_event
 from .faults import Fault, FaultPlan
-from .store import CHUNK, BlobWriter, OSSError, Store, decode_token, encode_token, no_such_key
+from .store import CHUNK, BlobWriter, OSSError, Store, decode_token, encode_token
 
 log = logging.getLogger(__name__)
 
