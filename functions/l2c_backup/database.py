@@ -442,7 +442,9 @@ class Snapshot:
         if self.conn is not None:
             conn, self.conn = self.conn, None
             try:
-                conn.run("COMMIT")
+                conn.run("ROLLBACK")  # read only: nothing to keep; also ends a failed one
+            except Exception:  # the connection may be broken already; closing is what matters
+                pass
             finally:
                 conn.close()
 
