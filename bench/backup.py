@@ -1,0 +1,607 @@
+"""Backup throughput on a realistic database: l2c-backup against `pg_dump | gzip`.
+
+    python bench/backup.py                      # 1 GB and 4 GB databases (~20 minutes)
+    python bench/backup.py --sizes 0.2          # a quick smoke run
+    python bench/backup.py --sizes 1 --repeat 3 # best of three runs per variant
+
+For each size it builds a database of realistic text in a throwaway cluster
+(bench/realistic_db.py: gzip -6 shrinks its dump ~3x, where pgbench's filler shrinks 35x
+and makes compression look free), then measures, one after the other on the same data:
+
+  (0) pg_dump > /dev/null          the floor: what the dump alone costs
+  (a) pg_dump | gzip -6 > file     the baseline every ratio is against
+  (b) pg_dump | pigz -6 > file     parallel gzip from the shell (skipped without pigz)
+  (c) l2c-backup to a directory    run_backup with BACKUP_TARGET=DIR
+  (d) l2c-backup to local OSS      run_backup to `l2c-backup oss-server` in its own process
+
+Wall seconds, CPU seconds (user+sys of the process tree: the shell pipeline's processes,
+or the Python process running the backup plus its pg_dump), peak RSS (the largest
+pipeline process; for l2c the Python process itself, its ru_maxrss) and output bytes.
+Each l2c run is a fresh `bench/backup.py --run-variant` subprocess, so its peak RSS is
+its own. The PostgreSQL server's CPU (the backend serving COPY) and, for (d), the local
+OSS server's are not the backup's, but they share the same cores: they are reported
+beside it ("server cpu s"), and so is the CPU everything else on the machine used during
+the run ("others cpu s": other test runs on 2 cores slow every row). Before each run the
+bench waits (up to --max-wait seconds) until the machine is quiet, and a run during which
+others used more than 0.1 CPU is run again (twice at most; the fastest counts). Every
+figure comes from this one run on this one machine; compare ratios.
+
+Everything started here (cluster, OSS server, subprocesses, files under the work
+directory) is stopped and removed at the end, also on Ctrl-C or SIGTERM.
+GZIP_LEVEL, GZIP_WORKERS, UPLOAD_CONCURRENCY and UPLOAD_MIN_PART_MB set in the
+environment reach the l2c runs (to try settings); the rest of their config is fixed here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+MB = 1e6
+GIB = 1 << 30
+TICK = os.sysconf("SC_CLK_TCK")
+PASS_THROUGH = ("GZIP_LEVEL", "GZIP_WORKERS", "UPLOAD_CONCURRENCY", "UPLOAD_MIN_PART_MB")
+TARGET_WALL_RATIO = 0.6  # (d) vs (a)
+TARGET_RSS_MB = 150
+NOISY_CORES = 0.1  # a run during which others used more than this many CPUs is run again
+
+LABELS = {"0": "(0) pg_dump > /dev/null", "a": "(a) pg_dump | gzip -6", "b": "(b) pg_dump | pigz -6",
+          "c": "(c) l2c-backup -> dir", "d": "(d) l2c-backup -> local OSS"}
+
+
+@dataclass
+class Result:
+    variant: str
+    size_gb: float
+    wall: float = 0.0
+    cpu: float = 0.0
+    rss_mb: float = 0.0
+    output: int = 0
+    server_cpu: float | None = None  # PostgreSQL backends (+ the OSS server for (d))
+    notes: list = field(default_factory=list)
+    skipped: str = ""
+    sql_bytes: int = 0
+    oss_cpu: float = 0.0
+    others_cpu: float = 0.0  # CPU anything else on the machine used meanwhile
+
+
+# -- processes ------------------------------------------------------------------------------
+
+class Children:
+    """Every process this bench starts, so that any exit stops them (by pid)."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, argv, **kwargs):
+        proc = subprocess.Popen([str(a) for a in argv], start_new_session=True, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def reap(self, proc):
+        """Waits for `proc` with wait4: its exit code and its own rusage (its waited-for
+        children included: the runner's pg_dump counts for the runner)."""
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        self.procs.remove(proc)
+        return proc.returncode, usage
+
+    def stop_all(self):
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)  # its session: the runner and its pg_dump
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+        self.procs.clear()
+
+
+def cpu_of(usage):
+    return usage.ru_utime + usage.ru_stime
+
+
+def proc_cpu(pid, children=True):
+    """CPU seconds of `pid` from /proc (with the children it reaped), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+    return (utime + stime + ((cutime + cstime) if children else 0)) / TICK
+
+
+def proc_peak_rss_mb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class RssPoller:
+    """Peak RSS (VmHWM) of running processes, read from /proc until they exit.
+
+    ru_maxrss of a child is no good here: Linux carries the RSS of the forking (or
+    vforking) parent into the child's maxrss across exec, so every child of this Python
+    process would report at least this process's size. VmHWM belongs to the exec'd image."""
+
+    def __init__(self, pids, interval=0.05):
+        import threading
+        self.peaks = {pid: 0.0 for pid in pids}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._poll, args=(interval,), daemon=True)
+        self.thread.start()
+
+    def _poll(self, interval):
+        while not self.done.is_set():
+            for pid in self.peaks:
+                mb = proc_peak_rss_mb(pid)
+                if mb:
+                    self.peaks[pid] = max(self.peaks[pid], mb)
+            self.done.wait(interval)
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        return self.peaks
+
+
+def system_busy():
+    """CPU seconds all processes on the machine have used since boot (not idle/iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
+def wait_for_quiet(log, busy_cores=0.2, max_wait=180):
+    """Waits (up to max_wait s) until other work on the box uses under `busy_cores` CPUs
+    over 3 s: other test runs on these 2 cores would be timed as the backup's."""
+    started = time.monotonic()
+    said = False
+    while True:
+        b0 = system_busy()
+        time.sleep(3)
+        load = (system_busy() - b0) / 3
+        if load < busy_cores:
+            if said:
+                log(f"    quiet after {time.monotonic() - started:.0f} s")
+            return
+        if time.monotonic() - started > max_wait:
+            log(f"    the machine is still busy ({load:.1f} CPUs in use by others); measuring anyway")
+            return
+        if not said:
+            log(f"    waiting for a quiet machine ({load:.1f} CPUs in use by others)")
+            said = True
+
+
+class ServerMeter:
+    """CPU of the PostgreSQL server across one variant: the postmaster's reaped children
+    (a finished connection's backend) plus its own; None for a server not on this box."""
+
+    def __init__(self, postmaster_pid):
+        self.pid = postmaster_pid
+
+    def read(self):
+        return proc_cpu(self.pid) if self.pid else None
+
+
+# -- the variants -------------------------------------------------------------------------
+
+def run_pipeline(children, label, argvs, env, output_path, size_gb):
+    """argvs[0] | argvs[1] | ... > output_path, timed; rusage per process via wait4."""
+    result = Result(label, size_gb)
+    err = open(output_path.with_suffix(".stderr"), "wb")
+    out = open(output_path, "wb") if output_path.name != "null" else open(os.devnull, "wb")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    procs, upstream = [], subprocess.DEVNULL
+    try:
+        for i, argv in enumerate(argvs):
+            last = i == len(argvs) - 1
+            proc = children.start(argv, stdin=upstream, stdout=out if last else subprocess.PIPE,
+                                  stderr=err, env=env)
+            if upstream is not subprocess.DEVNULL:
+                upstream.close()  # only the next process holds the pipe now
+            upstream = proc.stdout
+            procs.append(proc)
+        poller = RssPoller([p.pid for p in procs])
+        try:
+            usages = [children.reap(p) for p in procs]
+        finally:
+            peaks = poller.stop()
+    finally:
+        out.close()
+        err.close()
+    result.wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for proc, (code, _) in zip(procs, usages):
+        if code != 0:
+            tail = output_path.with_suffix(".stderr").read_text(errors="replace")[-1000:]
+            raise RuntimeError(f"{label}: {Path(proc.args[0]).name} exited {code}: {tail}")
+    result.cpu = cpu_of(after) - cpu_of(before)  # == the sum of the wait4 figures
+    result.rss_mb = max(peaks.values())
+    result.output = output_path.stat().st_size if output_path.exists() else 0
+    names = [Path(a[0]).name for a in argvs]
+    result.notes.append(" + ".join(f"{n} {cpu_of(u):.1f}" for n, (_, u) in zip(names, usages))
+                        + " cpu s; RSS " + ", ".join(f"{n} {peaks[p.pid]:.0f}"
+                                                    for n, p in zip(names, procs)) + " MB")
+    return result
+
+
+def run_l2c(children, label, env, workdir, size_gb):
+    """One l2c backup in a fresh `--run-variant` subprocess; returns its Result."""
+    result = Result(label, size_gb)
+    errlog = workdir / f"runner-{label[1]}.stderr"
+    started = time.monotonic()
+    with open(errlog, "wb") as err:
+        proc = children.start([sys.executable, __file__, "--run-variant"], stdout=subprocess.PIPE,
+                              stderr=err, env=env)
+        out = proc.stdout.read()
+        proc.stdout.close()
+        code, usage = children.reap(proc)
+    result.wall = time.monotonic() - started
+    if code != 0:
+        raise RuntimeError(f"{label}: the runner exited {code}: "
+                           f"{errlog.read_text(errors='replace')[-2000:]}")
+    inner = json.loads(out)
+    (backup,) = inner["summary"]["backups"]
+    result.cpu = cpu_of(usage)  # the whole process (imports included) and its pg_dump
+    result.rss_mb = inner["self_peak_rss_kb"] / 1024
+    result.output = backup["bytes"]
+    result.notes.append(f"python {inner['self_cpu']:.1f} + pg_dump {inner['children_cpu']:.1f} cpu s "
+                        f"in run_backup ({inner['wall']:.1f} s)")
+    result.sql_bytes = backup["sql_bytes"]
+    return result
+
+
+def run_variant():
+    """--run-variant: one backup with the config in the environment; prints JSON."""
+    from l2c_backup import config
+    from l2c_backup.backup import run_backup
+    cfg = config.load(os.environ)
+    self0 = resource.getrusage(resource.RUSAGE_SELF)
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    summary = run_backup(cfg, "manual")
+    wall = time.monotonic() - started
+    self1 = resource.getrusage(resource.RUSAGE_SELF)
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"summary": summary, "wall": wall,
+                      "self_cpu": cpu_of(self1) - cpu_of(self0),
+                      "children_cpu": cpu_of(kids1) - cpu_of(kids0),
+                      "self_peak_rss_kb": _vm_hwm_kb()}))
+    return 0
+
+
+def _vm_hwm_kb():
+    """This process's peak RSS: VmHWM, not ru_maxrss, which starts at the size of the
+    parent that forked it (see RssPoller)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+class OssServer:
+    """`l2c-backup oss-server` in its own process, keeping its objects under `data`."""
+
+    def __init__(self, children, data, log_path):
+        self.children, self.data, self.log_path = children, data, log_path
+        self.proc = None
+
+    def __enter__(self):
+        self.log = open(self.log_path, "wb")
+        self.proc = self.children.start(
+            [sys.executable, "-m", "l2c_backup.cli", "oss-server", "--port", "0", "--json",
+             "--data", self.data, "--bucket", "l2c-backups"],
+            stdout=subprocess.PIPE, stderr=self.log)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the OSS server did not start: {self.log_path.read_text()[-2000:]}")
+        self.details = json.loads(line)
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: it stops serving and exits
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc in self.children.procs:
+            self.children.procs.remove(self.proc)
+        self.proc.stdout.close()
+        self.log.close()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+    def env(self):
+        d = self.details
+        return {"OSS_ENDPOINT": d["endpoint"], "OSS_BACKUP_BUCKET": "l2c-backups",
+                "OSS_ACCESS_KEY_ID": d["access_key_id"], "OSS_ACCESS_KEY_SECRET": d["access_key_secret"]}
+
+
+def snapshot_code(workdir):
+    """A copy of the l2c code as it is now, which every l2c run and the OSS server import
+    (through PYTHONPATH, ahead of the editable install): all rows measure the same code,
+    even if the working tree changes during a long run."""
+    code = workdir / "code"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO / "functions" / "l2c_backup", code / "l2c_backup", ignore=skip)
+    shutil.copytree(REPO / "scripts" / "l2c_local", code / "l2c_local", ignore=skip)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(code)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+    except OSError:
+        rev = ""
+    return rev or "(not a git checkout)"
+
+
+def l2c_env(database_url, pg_bin_dir, extra):
+    """The runner's environment: only what this bench decides (plus PASS_THROUGH)."""
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith(("PG", "OSS_", "BACKUP_", "GZIP_", "UPLOAD_", "ALIBABA_CLOUD_"))
+                   or k == "DATABASE_URL")}
+    env.update({k: os.environ[k] for k in PASS_THROUGH if k in os.environ})
+    env["DATABASE_URL"] = database_url
+    if pg_bin_dir:
+        env["PG_BIN_DIR"] = str(pg_bin_dir)  # the same pg_dump as the pipelines
+    env.update(extra)
+    return env
+
+
+def measure_size(children, workdir, size_gb, database_url, pg_dump, postmaster_pid, variants,
+                 repeat, log, max_wait=180, reruns=2):
+    """All variants on one database; returns their Results (best wall of `repeat`)."""
+    from l2c_backup.database import DatabaseSettings
+    from l2c_backup.dump import process_env
+    settings = DatabaseSettings.from_url(database_url)
+    dump_env = process_env(settings)
+    dump_argv = [pg_dump, "--format=plain", "--no-password"]  # as l2c's PgDump runs it
+    server = ServerMeter(postmaster_pid)
+    results = []
+
+    def timed(fn):
+        best, runs = None, 0
+        # Other work on the machine slows a run down: a noisy run is run again (at most
+        # `reruns` extra times), and the fastest run counts.
+        while runs < repeat or (best.others_cpu > NOISY_CORES * best.wall and runs < repeat + reruns):
+            if max_wait > 0:
+                wait_for_quiet(log, max_wait=max_wait)
+            cpu0, busy0 = server.read(), system_busy()
+            r = fn()
+            busy1 = system_busy()
+            time.sleep(0.3)  # let the postmaster reap the backend
+            cpu1 = server.read()
+            if cpu0 is not None and cpu1 is not None:
+                r.server_cpu = cpu1 - cpu0 + r.oss_cpu
+            r.others_cpu = max(0.0, busy1 - busy0 - r.cpu - (r.server_cpu or r.oss_cpu))
+            runs += 1
+            if runs > 1 or r.others_cpu > NOISY_CORES * r.wall:
+                log(f"    run {runs}: {r.wall:.1f} s wall, others used {r.others_cpu:.1f} cpu s")
+            if best is None or r.wall < best.wall:
+                best = r
+        log(f"  {best.variant:<28} {best.wall:7.1f} s wall {best.cpu:7.1f} s cpu "
+            f"{best.rss_mb:6.0f} MB RSS {best.output / MB:8.1f} MB out, others {best.others_cpu:.1f} "
+            f"cpu s  ({'; '.join(best.notes)})")
+        results.append(best)
+        return best
+
+    def pipeline(key, argvs, name):
+        path = workdir / name
+
+        def once():
+            try:
+                return run_pipeline(children, LABELS[key], argvs, dump_env, path, size_gb)
+            finally:
+                if path.exists():
+                    path.unlink()
+        return timed(once)
+
+    if "0" in variants:
+        pipeline("0", [dump_argv], "null")
+    if "a" in variants:
+        pipeline("a", [dump_argv, ["gzip", "-6"]], "a.sql.gz")
+    if "b" in variants:
+        pigz = shutil.which("pigz")
+        if pigz:
+            pipeline("b", [dump_argv, [pigz, "-6"]], "b.sql.gz")
+        else:
+            results.append(Result(LABELS["b"], size_gb, skipped="pigz not installed "
+                                  "(apt-get install -y pigz)"))
+            log("  (b) skipped: pigz not installed")
+    if "c" in variants:
+        target = workdir / "dir-target"
+
+        def once_c():
+            target.mkdir(exist_ok=True)
+            try:
+                return run_l2c(children, LABELS["c"], l2c_env(database_url, Path(pg_dump).parent,
+                               {"BACKUP_TARGET": str(target)}), workdir, size_gb)
+            finally:
+                shutil.rmtree(target, ignore_errors=True)
+        timed(once_c)
+    if "d" in variants:
+        def once_d():
+            with OssServer(children, workdir / "oss-data", workdir / "oss-server.log") as oss:
+                oss_cpu0 = proc_cpu(oss.proc.pid, children=False)
+                r = run_l2c(children, LABELS["d"], l2c_env(database_url, Path(pg_dump).parent,
+                            oss.env()), workdir, size_gb)
+                oss_cpu = proc_cpu(oss.proc.pid, children=False) - oss_cpu0
+                oss_rss = proc_peak_rss_mb(oss.proc.pid)
+            r.oss_cpu = oss_cpu
+            r.notes.append(f"OSS server {oss_cpu:.1f} cpu s, peak RSS {oss_rss:.0f} MB")
+            return r
+        timed(once_d)
+    return results
+
+
+# -- the report ---------------------------------------------------------------------------
+
+def table(results):
+    lines = ["| variant | size | wall s | cpu s | peak RSS MB | output MB | ratio wall vs (a) "
+             "| server cpu s | others cpu s | notes |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    base = {r.size_gb: r.wall for r in results if r.variant == LABELS["a"] and not r.skipped}
+    for r in results:
+        size = f"{r.size_gb:g} GB"
+        if r.skipped:
+            lines.append(f"| {r.variant} | {size} | - | - | - | - | - | - | - | skipped: {r.skipped} |")
+            continue
+        ratio = f"{r.wall / base[r.size_gb]:.2f}" if r.size_gb in base else "-"
+        server = "-" if r.server_cpu is None else f"{r.server_cpu:.1f}"
+        lines.append(f"| {r.variant} | {size} | {r.wall:.1f} | {r.cpu:.1f} | {r.rss_mb:.0f} | "
+                     f"{r.output / MB:.1f} | {ratio} | {server} | {r.others_cpu:.1f} | {'; '.join(r.notes)} |")
+    return "\n".join(lines)
+
+
+def verdicts(results):
+    out = []
+    by = {(r.size_gb, r.variant): r for r in results if not r.skipped}
+    rss = []
+    for size in sorted({r.size_gb for r in results}):
+        a, d = by.get((size, LABELS["a"])), by.get((size, LABELS["d"]))
+        if a and d:
+            ratio = d.wall / a.wall
+            ok = "met" if ratio <= TARGET_WALL_RATIO else \
+                f"MISSED by {ratio - TARGET_WALL_RATIO:.2f} ({d.wall - TARGET_WALL_RATIO * a.wall:.1f} s)"
+            out.append(f"- {size:g} GB: (d)/(a) wall = {ratio:.2f} (target <= {TARGET_WALL_RATIO}): {ok}")
+        for key in "cd":
+            r = by.get((size, LABELS[key]))
+            if r:
+                rss.append((size, key, r.rss_mb))
+    if rss:
+        worst = max(m for _, _, m in rss)
+        out.append("- l2c peak RSS: " + ", ".join(f"({k}) {s:g} GB {m:.0f} MB" for s, k, m in rss)
+                   + f"; target < {TARGET_RSS_MB} MB: {'met' if worst < TARGET_RSS_MB else 'MISSED'}")
+        for key in "cd":
+            per_size = [m for s, k, m in rss if k == key]
+            if len(per_size) > 1:
+                spread = max(per_size) - min(per_size)
+                out.append(f"- ({key}) peak RSS varies by {spread:.0f} MB across sizes"
+                           + (" (flat)" if spread < 15 else " (NOT flat)"))
+    return "\n".join(out)
+
+
+# -- main ---------------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1,4", help="database sizes in GiB, comma-separated "
+                        "(default 1,4; 0.2 for a quick smoke run)")
+    parser.add_argument("--variants", default="0abcd", help="which rows to run (default 0abcd)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per variant; the fastest "
+                        "counts (default 1)")
+    parser.add_argument("--workdir", help="where the work directory goes (default: the temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (stderr "
+                        "of every run, the OSS server log) and print where it is")
+    parser.add_argument("--database-url", metavar="URL", help="measure this database (already "
+                        "filled, e.g. by realistic_db.py) instead of building one per size")
+    parser.add_argument("--max-wait", type=float, default=180, help="seconds to wait before each "
+                        "run for other work on the machine to stop (default 180; 0: no waiting)")
+    parser.add_argument("--run-variant", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.run_variant:
+        return run_variant()
+
+    sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
+    variants = set(args.variants)
+
+    def on_signal(signum, _frame):
+        raise SystemExit(128 + signum)  # unwinds through every finally below
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with it ignored
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup keeps it ignored
+        signal.signal(signal.SIGHUP, on_signal)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    workdir = Path(tempfile.mkdtemp(prefix="l2c-bench-", dir=args.workdir))
+    children = Children()
+    results, cluster = [], None
+    try:
+        passthrough = {k: os.environ[k] for k in PASS_THROUGH if k in os.environ}
+        rev = snapshot_code(workdir)
+        log(f"bench/backup.py: {os.cpu_count()} CPUs, work dir {workdir}, code {rev}"
+            + (f", l2c settings {passthrough}" if passthrough else ""))
+        if args.database_url:
+            from l2c_backup.dump import find_pg_tool
+            from realistic_db import Psql
+            size = int(Psql.for_url(args.database_url).value(
+                "SELECT pg_database_size(current_database())"))
+            log(f"database: {size / MB:,.0f} MB")
+            results += measure_size(children, workdir, round(size / GIB, 2), args.database_url,
+                                    str(find_pg_tool("pg_dump")), None, variants, args.repeat, log,
+                                    max_wait=args.max_wait)
+        else:
+            from l2c_local.pgcluster import PgCluster
+            from realistic_db import Psql, build, report_lines
+            cluster = PgCluster().start()
+            postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+            log(f"throwaway cluster: PostgreSQL in {cluster.bin_dir} on port {cluster.port}")
+            for size in sizes:
+                dbname = "realistic_" + f"{size:g}".replace(".", "_")
+                cluster.create_database(dbname)
+                log(f"\n== {size:g} GB: building {dbname}")
+                report = build(Psql(cluster.bin("psql"), cluster.env(), dbname), int(size * GIB),
+                               workers=os.cpu_count() or 2, log=log)
+                for line in report_lines(report):
+                    log("  " + line)
+                log(f"== {size:g} GB: measuring")
+                results += measure_size(children, workdir, size, cluster.url(dbname),
+                                        str(cluster.bin("pg_dump")), postmaster, variants,
+                                        args.repeat, log, max_wait=args.max_wait)
+                sql = [r.sql_bytes for r in results if r.size_gb == size]
+                if any(sql):
+                    log(f"  SQL dump: {max(sql) / MB:,.0f} MB; database {report['size_bytes'] / MB:,.0f} MB")
+                cluster.psql(f'DROP DATABASE "{dbname}"')
+        log("\n" + table(results))
+        log("\n" + verdicts(results))
+        return 0
+    except KeyboardInterrupt:
+        log("\ninterrupted: stopping what this bench started")
+        return 130
+    finally:
+        children.stop_all()
+        if cluster is not None:
+            cluster.stop()
+        if args.keep:
+            print(f"kept {workdir}", flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
