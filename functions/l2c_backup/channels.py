@@ -25,6 +25,7 @@ OSS events, a backup loop) rather than promising one message per window overall.
 Webhook tokens, the DingTalk secret and phone numbers are registered with
 logs.register_secret, and log lines name channels, never URLs.
 """
+import abc
 import base64
 import concurrent.futures
 import contextvars
@@ -200,7 +201,7 @@ def _errcode_ok(text):
         raise SendFailed(f"errcode {code}: {reply.get('errmsg', '') if isinstance(reply, dict) else ''}")
 
 
-class Sender:
+class Sender(abc.ABC):
     name = ""
 
     def __init__(self, url, timeout):
@@ -212,8 +213,9 @@ class Sender:
     def target(self):
         return self.url
 
+    @abc.abstractmethod
     def payload(self, message):
-        raise NotImplementedError
+        """The JSON body this channel expects."""
 
     def accept(self, reply):
         """Raises SendFailed when a 2xx reply still says no."""
