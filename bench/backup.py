@@ -46,13 +46,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from procstat import Children, OssServer, cpu_of, proc_cpu, system_busy, vm_hwm_mb
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 MB = 1e6
 GIB = 1 << 30
-TICK = os.sysconf("SC_CLK_TCK")
 PASS_THROUGH = ("GZIP_LEVEL", "GZIP_WORKERS", "UPLOAD_CONCURRENCY", "UPLOAD_MIN_PART_MB")
 TARGET_WALL_RATIO = 0.6  # (d) vs (a)
 TARGET_RSS_MB = 150
@@ -80,71 +81,6 @@ class Result:
 
 # -- processes ------------------------------------------------------------------------------
 
-class Children:
-    """Every process this bench starts, so that any exit stops them (by pid)."""
-
-    def __init__(self):
-        self.procs = []
-
-    def start(self, argv, **kwargs):
-        proc = subprocess.Popen([str(a) for a in argv], start_new_session=True, **kwargs)
-        self.procs.append(proc)
-        return proc
-
-    def reap(self, proc):
-        """Waits for `proc` with wait4: its exit code and its own rusage (its waited-for
-        children included: the runner's pg_dump counts for the runner)."""
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        self.procs.remove(proc)
-        return proc.returncode, usage
-
-    def stop_all(self):
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)  # its session: the runner and its pg_dump
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 10
-        for proc in reversed(self.procs):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
-        self.procs.clear()
-
-
-def cpu_of(usage):
-    return usage.ru_utime + usage.ru_stime
-
-
-def proc_cpu(pid, children=True):
-    """CPU seconds of `pid` from /proc (with the children it reaped), or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
-    return (utime + stime + ((cutime + cstime) if children else 0)) / TICK
-
-
-def proc_peak_rss_mb(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 class RssPoller:
     """Peak RSS (VmHWM) of running processes, read from /proc until they exit.
 
@@ -162,7 +98,7 @@ class RssPoller:
     def _poll(self, interval):
         while not self.done.is_set():
             for pid in self.peaks:
-                mb = proc_peak_rss_mb(pid)
+                mb = vm_hwm_mb(pid)
                 if mb:
                     self.peaks[pid] = max(self.peaks[pid], mb)
             self.done.wait(interval)
@@ -171,14 +107,6 @@ class RssPoller:
         self.done.set()
         self.thread.join()
         return self.peaks
-
-
-def system_busy():
-    """CPU seconds all processes on the machine have used since boot (not idle/iowait)."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / TICK
 
 
 def wait_for_quiet(log, busy_cores=0.2, max_wait=180):
@@ -297,57 +225,8 @@ def run_variant():
     print(json.dumps({"summary": summary, "wall": wall,
                       "self_cpu": cpu_of(self1) - cpu_of(self0),
                       "children_cpu": cpu_of(kids1) - cpu_of(kids0),
-                      "self_peak_rss_kb": _vm_hwm_kb()}))
+                      "self_peak_rss_kb": int(vm_hwm_mb() * 1024)}))
     return 0
-
-
-def _vm_hwm_kb():
-    """This process's peak RSS: VmHWM, not ru_maxrss, which starts at the size of the
-    parent that forked it (see RssPoller)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
-
-
-class OssServer:
-    """`l2c-backup oss-server` in its own process, keeping its objects under `data`."""
-
-    def __init__(self, children, data, log_path):
-        self.children, self.data, self.log_path = children, data, log_path
-        self.proc = None
-
-    def __enter__(self):
-        self.log = open(self.log_path, "wb")
-        self.proc = self.children.start(
-            [sys.executable, "-m", "l2c_backup.cli", "oss-server", "--port", "0", "--json",
-             "--data", self.data, "--bucket", "l2c-backups"],
-            stdout=subprocess.PIPE, stderr=self.log)
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the OSS server did not start: {self.log_path.read_text()[-2000:]}")
-        self.details = json.loads(line)
-        return self
-
-    def __exit__(self, *exc):
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: it stops serving and exits
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc in self.children.procs:
-            self.children.procs.remove(self.proc)
-        self.proc.stdout.close()
-        self.log.close()
-        shutil.rmtree(self.data, ignore_errors=True)
-
-    def env(self):
-        d = self.details
-        return {"OSS_ENDPOINT": d["endpoint"], "OSS_BACKUP_BUCKET": "l2c-backups",
-                "OSS_ACCESS_KEY_ID": d["access_key_id"], "OSS_ACCESS_KEY_SECRET": d["access_key_secret"]}
 
 
 def snapshot_code(workdir):
@@ -459,7 +338,7 @@ def measure_size(children, workdir, size_gb, database_url, pg_dump, postmaster_p
                 r = run_l2c(children, LABELS["d"], l2c_env(database_url, Path(pg_dump).parent,
                             oss.env()), workdir, size_gb)
                 oss_cpu = proc_cpu(oss.proc.pid, children=False) - oss_cpu0
-                oss_rss = proc_peak_rss_mb(oss.proc.pid)
+                oss_rss = vm_hwm_mb(oss.proc.pid)
             r.oss_cpu = oss_cpu
             r.notes.append(f"OSS server {oss_cpu:.1f} cpu s, peak RSS {oss_rss:.0f} MB")
             return r

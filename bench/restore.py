@@ -68,12 +68,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from procstat import TICK, vm_hwm_mb
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 MB = 1e6
 GIB = 1 << 30
-TICK = os.sysconf("SC_CLK_TCK")
 RTO_SECONDS = 2 * 3600
 TARGET_WALL_RATIO = 1.1  # l2c restore vs (a)
 NOISY_CORES = 0.1
@@ -157,17 +158,6 @@ class ServerTreeMeter:
             if s:
                 total += s[0] + s[1]
         return total
-
-
-def vm_hwm_mb(pid="self"):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 class ChildRssPoller:

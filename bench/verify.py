@@ -54,10 +54,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from procstat import Children, OssServer, cpu_of, proc_cpu, system_busy, vm_hwm_mb
+
 MB = 1e6
 GB = 1e9
 MIB = 1 << 20
-TICK = os.sysconf("SC_CLK_TCK")
 TARGET_RATE_RATIO = 0.9  # (b), (c) vs (a)
 FLAT_RSS_MB = 10  # peak RSS differing by less than this across sizes counts as flat
 NOISY_CORES = 0.1  # a run during which others used more than this many CPUs is run again
@@ -384,75 +385,6 @@ class Result:
     notes: list = field(default_factory=list)
 
 
-class Children:
-    """Every process this bench starts, so that any exit stops them (by pid)."""
-
-    def __init__(self):
-        self.procs = []
-
-    def start(self, argv, **kwargs):
-        proc = subprocess.Popen([str(a) for a in argv], start_new_session=True, **kwargs)
-        self.procs.append(proc)
-        return proc
-
-    def reap(self, proc):
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        self.procs.remove(proc)
-        return proc.returncode, usage
-
-    def stop_all(self):
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for proc in reversed(self.procs):
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
-        self.procs.clear()
-
-
-def cpu_of(usage):
-    return usage.ru_utime + usage.ru_stime
-
-
-def proc_cpu(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def vm_hwm_mb(pid="self"):
-    """Peak RSS of a process: VmHWM (ru_maxrss of a child starts at its forking parent's
-    RSS, which would hide a small child's real peak)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def system_busy():
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / TICK
-
-
 def other_bench_running():
     out = subprocess.run(["pgrep", "-f", "bench/backup.py"], capture_output=True, text=True).stdout
     return [int(p) for p in out.split() if int(p) != os.getpid()]
@@ -491,37 +423,6 @@ def warm_page_cache(paths):
             with open(path, "rb") as f:
                 while f.read(8 * MIB):
                     pass
-
-
-class OssServer:
-    """`l2c-backup oss-server` in its own process, keeping its objects under `data`."""
-
-    def __init__(self, children, data, log_path):
-        self.children, self.data, self.log_path = children, data, log_path
-
-    def __enter__(self):
-        self.log = open(self.log_path, "ab")
-        self.proc = self.children.start(
-            [sys.executable, "-m", "l2c_backup.cli", "oss-server", "--port", "0", "--json",
-             "--data", self.data, "--bucket", BUCKET], stdout=subprocess.PIPE, stderr=self.log)
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the OSS server did not start: {Path(self.log_path).read_text()[-2000:]}")
-        self.details = json.loads(line)
-        return self
-
-    def __exit__(self, *exc):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc in self.children.procs:
-            self.children.procs.remove(self.proc)
-        self.proc.stdout.close()
-        self.log.close()
 
 
 # -- the variants -----------------------------------------------------------------------------
@@ -712,13 +613,13 @@ def measure_object(children, oss, oss_env, dir_root, workdir, info, variants, re
 
     def once(v):
         wait_for_quiet(log, max_wait)
-        busy0, server0 = system_busy(), proc_cpu(oss.proc.pid)
+        busy0, server0 = system_busy(), proc_cpu(oss.proc.pid, children=False)
         if v == "a":
             r = run_gunzip(children, info)
         else:
             r = run_check(children, LABELS[v], info, str(dir_root) if v in "bd" else "oss",
                           oss_env, workdir, pipelined=v in "de")
-        server = proc_cpu(oss.proc.pid) - server0
+        server = proc_cpu(oss.proc.pid, children=False) - server0
         if v in "ce":
             r.server_cpu = server
         r.others_cpu = max(0.0, system_busy() - busy0 - r.process_cpu - server)
@@ -837,7 +738,7 @@ def main(argv=None):
     try:
         log(f"bench/verify.py: {os.cpu_count()} CPUs, work dir {workdir}")
         dir_root = workdir / "dir-target"
-        with OssServer(children, workdir / "oss-data", workdir / "oss-server.log") as oss:
+        with OssServer(children, workdir / "oss-data", workdir / "oss-server.log", BUCKET, keep_data=True) as oss:
             oss_env = {k: oss.details[k] for k in ("endpoint", "access_key_id", "access_key_secret")}
             objects = []
             for size in sizes:
