@@ -9,10 +9,11 @@ import queue
 
 import oss2
 import pytest
+import requests
 from oss2.models import ReplicationRule
 
 from l2c_local.oss import Fault
-from oss_fixtures import BUCKET, PART_SIZE, bucket_for, upload_in_parts
+from oss_fixtures import BUCKET, PART_SIZE, bucket_for, md5_etag, upload_in_parts
 
 KEY = "db-backups/orders/2024-05-01T0300Z.dump"
 BODY = b"pg_dump custom format" * 100
@@ -71,28 +72,115 @@ def test_put_object_delivers_fcs_oss_trigger_event(oss_server, bucket, events):
     assert record["userIdentity"]["principalId"]
 
 
-def test_completed_multipart_upload_delivers_a_complete_multipart_event(
+def names_of(delivered):
+    return [e["events"][0]["eventName"] for e in delivered]
+
+
+def test_a_multipart_upload_delivers_initiate_every_part_and_complete_as_an_oss_trigger_counts_them(
     oss_server, bucket, events
 ):
+    # FC's OSS trigger: every successful call is an ObjectCreated event, one invocation each
+    # (a 12 MB upload in 5 MB parts: InitiateMultipartUpload, UploadPart x3, Complete...).
     parts = [b"a" * PART_SIZE, b"b" * 10]
     completed = upload_in_parts(bucket, KEY, parts)
     oss_server.wait_idle()
 
-    record = only_record(events)
+    assert names_of(events) == ["ObjectCreated:InitiateMultipartUpload", "ObjectCreated:UploadPart",
+                                "ObjectCreated:UploadPart", "ObjectCreated:CompleteMultipartUpload"]
+    initiate, first, second, complete = (e["events"][0]["oss"]["object"] for e in events)
+    assert {o["key"] for o in (initiate, first, second, complete)} == {KEY}
+    assert (initiate["size"], initiate["eTag"]) == (0, "")  # nothing exists yet
+    assert (first["size"], first["eTag"]) == (PART_SIZE, md5_etag(parts[0]))
+    assert (second["size"], second["eTag"]) == (10, md5_etag(parts[1]))
+    assert complete["size"] == PART_SIZE + 10
+    assert complete["eTag"] == completed.etag
 
-    assert record["eventName"] == "ObjectCreated:CompleteMultipartUpload"
-    assert record["oss"]["object"]["key"] == KEY
-    assert record["oss"]["object"]["size"] == PART_SIZE + 10
-    assert record["oss"]["object"]["eTag"] == completed.etag
 
-
-def test_multipart_steps_before_completion_deliver_nothing(oss_server, bucket, events):
+def test_an_aborted_upload_delivers_its_initiate_and_part_events_only(oss_server, bucket, events):
     upload_id = bucket.init_multipart_upload(KEY).upload_id
     bucket.upload_part(KEY, upload_id, 1, b"a" * PART_SIZE)
     bucket.abort_multipart_upload(KEY, upload_id)
     oss_server.wait_idle()
 
-    assert events == []
+    assert names_of(events) == ["ObjectCreated:InitiateMultipartUpload", "ObjectCreated:UploadPart"]
+
+
+COMPLETING = ["oss:ObjectCreated:PutObject", "oss:ObjectCreated:PostObject",
+              "oss:ObjectCreated:CopyObject", "oss:ObjectCreated:CompleteMultipartUpload"]
+
+
+def test_a_subscription_to_the_completing_events_gets_one_event_per_object(oss_server, bucket):
+    delivered = []
+    oss_server.subscribe(BUCKET, callback=lambda e: delivered.append(json.loads(e)), events=COMPLETING)
+
+    bucket.put_object(KEY, BODY)
+    bucket.copy_object(BUCKET, KEY, KEY + ".copy")
+    upload_in_parts(bucket, KEY + ".big", [b"a" * PART_SIZE, b"b" * PART_SIZE, b"c"])
+    upload_id = bucket.init_multipart_upload(KEY + ".aborted").upload_id
+    bucket.upload_part(KEY + ".aborted", upload_id, 1, b"a" * PART_SIZE)
+    bucket.abort_multipart_upload(KEY + ".aborted", upload_id)
+    oss_server.wait_idle()
+
+    assert [(e["events"][0]["eventName"], e["events"][0]["oss"]["object"]["key"]) for e in delivered] == [
+        ("ObjectCreated:PutObject", KEY), ("ObjectCreated:CopyObject", KEY + ".copy"),
+        ("ObjectCreated:CompleteMultipartUpload", KEY + ".big")]
+
+
+def test_a_subscription_to_one_event_name_gets_only_that_event(oss_server, bucket):
+    delivered = []
+    oss_server.subscribe(BUCKET, callback=lambda e: delivered.append(json.loads(e)),
+                         events=["oss:ObjectCreated:UploadPart"])
+
+    bucket.put_object(KEY, BODY)
+    upload_in_parts(bucket, KEY + ".big", [b"a" * PART_SIZE, b"b"])
+    oss_server.wait_idle()
+
+    assert names_of(delivered) == ["ObjectCreated:UploadPart"] * 2
+
+
+@pytest.mark.parametrize("events, says", [
+    (["oss:ObjectCreated:Put"], "not an OSS trigger event"),
+    (["ObjectCreated:PutObject"], "emits only oss:ObjectCreated"),
+    (["oss:ObjectRemoved:DeleteObject"], "emits only oss:ObjectCreated"),
+    ([], "non-empty list"),
+    ("oss:ObjectCreated:*", "non-empty list"),
+])
+def test_event_names_a_trigger_would_refuse_or_the_server_never_emits_are_refused(
+    oss_server, events, says
+):
+    with pytest.raises(ValueError, match=says):
+        oss_server.subscribe(BUCKET, callback=print, events=events)
+    assert oss_server.subscriptions == []
+
+
+def test_the_control_endpoint_subscribes_with_an_events_filter(oss_server, bucket, event_receiver):
+    def control(body):
+        return requests.post(oss_server.endpoint + "/-/subscriptions", json=body, timeout=5)
+
+    refused = control({"bucket": BUCKET, "url": event_receiver.url, "events": ["oss:ObjectCreated:Nope"]})
+    assert refused.status_code == 400 and "not an OSS trigger event" in refused.json()["error"]
+    ok = control({"bucket": BUCKET, "url": event_receiver.url,
+                  "events": ["oss:ObjectCreated:CompleteMultipartUpload"]})
+    assert ok.status_code == 200
+
+    bucket.put_object(KEY, BODY)
+    upload_in_parts(bucket, KEY, [b"a" * PART_SIZE, b"b"])
+    oss_server.wait_idle()
+
+    bodies = [json.loads(b) for b in event_receiver.drained()]
+    assert names_of(bodies) == ["ObjectCreated:CompleteMultipartUpload"]
+
+
+def test_a_subscription_without_events_gets_every_object_created_event_as_the_wildcard_does(
+    oss_server, bucket, event_receiver
+):
+    requests.post(oss_server.endpoint + "/-/subscriptions",
+                  json={"bucket": BUCKET, "url": event_receiver.url}, timeout=5).raise_for_status()
+
+    upload_in_parts(bucket, KEY, [b"a" * PART_SIZE, b"b"])
+    oss_server.wait_idle()
+
+    assert len(event_receiver.drained()) == 4  # initiate, two parts, complete
 
 
 def test_copy_object_delivers_a_copy_object_event(oss_server, bucket, events):

@@ -2,7 +2,15 @@
 
 Both run on one background thread, as OSS does them asynchronously; `wait_idle` lets a
 test wait for them instead of sleeping.
+
+Which API calls notify: FC's OSS trigger counts every successful call of these as an
+`ObjectCreated` event, one invocation each (FC docs, "OSS trigger events" and the FAQ
+"What do I do if a function is triggered multiple times when an object is uploaded":
+a multipart upload fires InitiateMultipartUpload, one UploadPart per part, then
+CompleteMultipartUpload; EventBridge's OSS event list has the same names). A
+subscription's `events` use the trigger's syntax, `oss:ObjectCreated:*` or one name.
 """
+import fnmatch
 import json
 import logging
 import queue
@@ -11,10 +19,46 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
 ACCOUNT_ID = "1234567890123456"  # the local server's make-believe Aliyun account
+
+# Every ObjectCreated event an FC OSS trigger may name (FC's OSS trigger event list).
+OBJECT_CREATED_EVENTS = ("PutObject", "PutSymlink", "PostObject", "CopyObject", "AppendObject",
+                         "InitiateMultipartUpload", "UploadPart", "UploadPartCopy",
+                         "CompleteMultipartUpload")
+# The ones this server emits: the operations it implements.
+EMITTED_EVENTS = ("PutObject", "CopyObject", "InitiateMultipartUpload", "UploadPart",
+                  "CompleteMultipartUpload")
+ALL_OBJECT_CREATED = "oss:ObjectCreated:*"  # a trigger's usual (and widest) setting
+
+
+class ObjectState(NamedTuple):
+    """What an event reports of the object: for InitiateMultipartUpload nothing exists yet
+    (size 0, no ETag); for UploadPart the part (see README, deviations)."""
+    size: int
+    etag: str
+
+
+def event_patterns(events=None):
+    """The trigger's `events` list, checked: each `oss:ObjectCreated:*` or
+    `oss:ObjectCreated:<name>` of a documented event. Anything else is refused, loudly,
+    rather than subscribed to and never delivered."""
+    if events is None:
+        return (ALL_OBJECT_CREATED,)
+    if isinstance(events, str) or not events:
+        raise ValueError("events must be a non-empty list such as [\"oss:ObjectCreated:*\"]")
+    for pattern in events:
+        family, _, name = str(pattern).partition(":")[2].partition(":")
+        if not str(pattern).startswith("oss:") or family != "ObjectCreated":
+            raise ValueError(f"event {pattern!r}: the local OSS server emits only "
+                             "oss:ObjectCreated:* events")
+        if name != "*" and name not in OBJECT_CREATED_EVENTS:
+            raise ValueError(f"event {pattern!r} is not an OSS trigger event; use one of "
+                             + ", ".join(f"oss:ObjectCreated:{n}" for n in ("*",) + OBJECT_CREATED_EVENTS))
+    return tuple(events)
 
 
 @dataclass
@@ -24,13 +68,20 @@ class Subscription:
     url: str = None
     prefix: str = ""
     suffix: str = ""
+    events: tuple = (ALL_OBJECT_CREATED,)
 
-    def wants(self, bucket, key):
-        return bucket == self.bucket and key.startswith(self.prefix) and key.endswith(self.suffix)
+    def __post_init__(self):
+        self.events = event_patterns(self.events)
+
+    def wants(self, bucket, key, event_name):
+        """event_name as in the event's eventName, e.g. "ObjectCreated:UploadPart"."""
+        return (bucket == self.bucket and key.startswith(self.prefix) and key.endswith(self.suffix)
+                and any(fnmatch.fnmatchcase(f"oss:{event_name}", p) for p in self.events))
 
 
-def object_created_event(region, bucket, key, version, event_name, request_id, source_ip):
-    """The event FC hands an OSS-triggered function (bytes of JSON), for one new object."""
+def object_created_event(region, bucket, key, state, event_name, request_id, source_ip):
+    """The event FC hands an OSS-triggered function (bytes of JSON), for one API call.
+    `state` has the size and ETag to report (an object version, a part, or ObjectState)."""
     record = {
         "eventName": f"ObjectCreated:{event_name}",
         "eventSource": "acs:oss",
@@ -39,8 +90,8 @@ def object_created_event(region, bucket, key, version, event_name, request_id, s
         "oss": {
             "bucket": {"arn": f"acs:oss:{region}:{ACCOUNT_ID}:{bucket}", "name": bucket,
                        "ownerIdentity": ACCOUNT_ID, "virtualBucket": ""},
-            "object": {"deltaSize": version.size, "eTag": version.etag, "key": key,
-                       "size": version.size},
+            "object": {"deltaSize": state.size, "eTag": state.etag, "key": key,
+                       "size": state.size},
             "ossSchemaVersion": "1.0",
             "ruleId": uuid.uuid4().hex,
         },

@@ -20,7 +20,7 @@ from xml.etree import ElementTree
 
 from . import xmlbody
 from .auth import Authenticator
-from .events import Dispatcher, Subscription, deliver, object_created_event
+from .events import ALL_OBJECT_CREATED, Dispatcher, ObjectState, Subscription, deliver, object_created_event
 from .faults import Fault, FaultPlan
 from .store import CHUNK, BlobWriter, OSSError, Store, decode_token, encode_token
 
@@ -667,6 +667,8 @@ class Handler(BaseHTTPRequestHandler):
         upload = self.oss.store.initiate(self.bucket, self.key, self.headers.get("Content-Type", ""),
                                          self._meta(), _parse_tags(self.headers.get("x-oss-tagging")),
                                          self._sse())
+        self.oss.notify(self.bucket, self.key, ObjectState(0, ""), "InitiateMultipartUpload",
+                        self.request_id, self.client_address[0])
         enc = xmlbody.encoder(self.params)
         self.send(200, xmlbody.build("InitiateMultipartUploadResult", [
             ("Bucket", self.bucket), ("Key", enc(self.key)), ("UploadId", upload.upload_id)]
@@ -678,6 +680,8 @@ class Handler(BaseHTTPRequestHandler):
         self.oss.store.upload(self.bucket, self.key, self.query["uploadId"])  # fail before reading
         writer = self.body_to_blob()
         part = self.oss.store.put_part(self.bucket, self.key, self.query["uploadId"], number, writer)
+        self.oss.notify(self.bucket, self.key, ObjectState(part.size, part.etag), "UploadPart",
+                        self.request_id, self.client_address[0])
         self.send(200, headers={"ETag": f'"{part.etag}"', "x-oss-hash-crc64ecma": part.crc64})
 
     def complete_upload(self):
@@ -806,10 +810,11 @@ class LocalOSS:
     def clear_faults(self):
         self.faults.clear()
 
-    def subscribe(self, bucket, callback=None, url=None, prefix="", suffix=""):
+    def subscribe(self, bucket, callback=None, url=None, prefix="", suffix="",
+                  events=(ALL_OBJECT_CREATED,)):
         if (callback is None) == (url is None):
             raise ValueError("subscribe needs exactly one of callback= or url=")
-        subscription = Subscription(bucket, callback, url, prefix, suffix)
+        subscription = Subscription(bucket, callback, url, prefix, suffix, events)
         self.subscriptions.append(subscription)
         return subscription
 
@@ -830,7 +835,8 @@ class LocalOSS:
             return {"cleared": True}
         if path == "subscriptions" and method == "POST":
             self.subscribe(body["bucket"], url=body["url"], prefix=body.get("prefix", ""),
-                           suffix=body.get("suffix", ""))
+                           suffix=body.get("suffix", ""),
+                           events=body.get("events", [ALL_OBJECT_CREATED]))
             return {"subscribed": body["bucket"]}
         if path == "advance-time" and method == "POST":
             self.advance_time(float(body["seconds"]))
@@ -839,13 +845,19 @@ class LocalOSS:
 
     # -- what follows a change ------------------------------------------------------
     def object_created(self, bucket, key, version, event_name, request_id, source_ip):
-        for subscription in list(self.subscriptions):
-            if subscription.wants(bucket, key):
-                event = object_created_event(self.region, bucket, key, version, event_name,
-                                             request_id, source_ip)
-                self.dispatcher.submit(deliver, subscription, event)
+        """An object exists now: notify, and replicate it."""
+        self.notify(bucket, key, version, event_name, request_id, source_ip)
         for rule in self._replication_rules(bucket, key):
             self.dispatcher.submit(self._replicate, rule["bucket"], bucket, key, version)
+
+    def notify(self, bucket, key, state, event_name, request_id, source_ip):
+        """One successful API call (event_name, e.g. "UploadPart"): one event per
+        subscription that wants it, as an OSS trigger invokes its function once per call."""
+        for subscription in list(self.subscriptions):
+            if subscription.wants(bucket, key, f"ObjectCreated:{event_name}"):
+                event = object_created_event(self.region, bucket, key, state, event_name,
+                                             request_id, source_ip)
+                self.dispatcher.submit(deliver, subscription, event)
 
     def object_removed(self, bucket, key):
         for rule in self._replication_rules(bucket, key):
