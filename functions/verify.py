@@ -1,10 +1,14 @@
-"""FC handler of the `verify` function (OSS trigger: oss:ObjectCreated:* on the backup prefix).
+"""FC handler of the `verify` function (OSS trigger on the backup prefix, subscribed to
+the events that complete an object: PutObject, PostObject, CopyObject,
+CompleteMultipartUpload).
 
 Every backup object (`.sql.gz` under the prefix) in the event is checked end to end and
 its verdict recorded; anything else (manifests, verify files) is ignored even when the
-trigger's filter is wide. A failed verdict has already alerted; the invocation then fails
-too, so FC records it. Delivery is at least once: a repeated event finds the recorded
-verdict and neither alerts again nor changes it.
+trigger's filter is wide. So is every event that does not complete an object
+(InitiateMultipartUpload, UploadPart, ...: `oss:ObjectCreated:*` sends those too), so a
+multipart backup is verified once, not once per part. A failed verdict has already
+alerted; the invocation then fails too, so FC records it. Delivery is at least once: a
+repeated event finds the recorded verdict and neither alerts again nor changes it.
 """
 import json
 import logging
@@ -29,6 +33,11 @@ def handler(event, context):
             prefix = config.environment().get("OSS_BACKUP_PREFIX", "db-backups/")
             wait = int(config.environment().get("VERIFY_MANIFEST_WAIT_SECONDS", 60))
             for bucket, key, event_name in records:
+                if not events.completes_an_object(event_name):
+                    log.info("%s: %s does not complete an object; nothing to verify yet",
+                             key, event_name)
+                    ignored.append(key)
+                    continue
                 if not (key.startswith(prefix) and key.endswith(names.SUFFIX)):
                     ignored.append(key)
                     continue

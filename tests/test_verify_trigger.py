@@ -1,17 +1,28 @@
 """End to end: backup -> the local OSS server's object-created notification -> the FC
 verify handler -> verdict tags on the object. And the CLI re-check."""
 import json
+import pathlib
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from fc_handlers import fc_context, load_handler
 from l2c_backup import alerts, config
 from l2c_backup.backup import run_backup
 from l2c_backup.errors import BackupCorrupt, EventInvalid
+from l2c_backup.events import OBJECT_COMPLETING_EVENTS
 
 verify_fn = load_handler("verify")
+S_YAML = pathlib.Path(__file__).resolve().parent.parent / "s.yaml"
+COMPLETING = ["oss:" + name for name in OBJECT_COMPLETING_EVENTS]
+
+
+def verify_trigger_events():
+    """The events the verify function's OSS trigger subscribes, as s.yaml deploys it."""
+    return yaml.safe_load(S_YAML.read_text())["services"]["verify"]["props"]["triggers"][0][
+        "config"]["events"]
 
 
 @pytest.fixture
@@ -45,7 +56,8 @@ def backup_env(pg_cluster, seeded_db, server):
 def test_a_new_backup_is_verified_through_the_oss_trigger_and_a_repeat_changes_nothing(
         fc_env, pg_cluster, seeded_db, bucket, alerts_sent):
     events, results = [], []
-    fc_env.subscribe("l2c-backups", callback=events.append, prefix="db-backups/", suffix=".sql.gz")
+    fc_env.subscribe("l2c-backups", callback=events.append, prefix="db-backups/", suffix=".sql.gz",
+                     events=COMPLETING)
 
     (done,) = run_backup(config.load(backup_env(pg_cluster, seeded_db, fc_env)), "daily")["backups"]
     fc_env.wait_idle()
@@ -62,6 +74,68 @@ def test_a_new_backup_is_verified_through_the_oss_trigger_and_a_repeat_changes_n
     assert tags == {"verify": "ok", "verify-reason": "ok"}
     assert json.loads(bucket.get_object(done["key"] + ".verify.json").read())["reason"] == "ok"
     assert alerts_sent == []
+
+
+def run_multipart_backup_through_the_trigger(server, pg_cluster, seeded_db, bucket, trigger_events):
+    """A backup in 1 MiB parts; every event the trigger sends, each handed to the verify
+    handler as one FC invocation. Returns (events, handler results, parts, verify.json writes)."""
+    events, verify_writes = [], []
+    server.subscribe("l2c-backups", callback=events.append, prefix="db-backups/", suffix=".sql.gz",
+                     events=trigger_events)
+    server.subscribe("l2c-backups", callback=verify_writes.append, prefix="db-backups/",
+                     suffix=".verify.json", events=COMPLETING)
+    env = dict(backup_env(pg_cluster, seeded_db, server), UPLOAD_MIN_PART_MB="1")
+    (done,) = run_backup(config.load(env), "daily")["backups"]
+    server.wait_idle()
+    parts = json.loads(bucket.get_object(done["key"] + ".manifest.json").read())["object"]["parts"]
+    assert parts >= 3, "the seeded database should make several 1 MiB parts"
+
+    results = [json.loads(verify_fn.handler(event, context(server))) for event in events]
+    server.wait_idle()
+    verifications = [r for result in results for r in result["results"]]
+    assert [(v["key"], v["verdict"]) for v in verifications] == [(done["key"], "ok")]
+    assert "repeated" not in verifications[0]
+    assert len(verify_writes) == 1  # one <key>.verify.json written, once
+    return events, results, parts
+
+
+def test_verify_runs_once_per_multipart_backup_with_the_trigger_events_of_s_yaml(
+        fc_env, pg_cluster, seeded_db, bucket, alerts_sent):
+    trigger_events = verify_trigger_events()
+    events, results, parts = run_multipart_backup_through_the_trigger(
+        fc_env, pg_cluster, seeded_db, bucket, trigger_events)
+    if trigger_events == ["oss:ObjectCreated:*"]:
+        assert len(events) == parts + 2
+    else:
+        assert [json.loads(e)["events"][0]["eventName"] for e in events] == [
+            "ObjectCreated:CompleteMultipartUpload"]
+    assert alerts_sent == []
+
+
+def test_verify_runs_once_per_multipart_backup_even_when_the_trigger_sends_every_part(
+        fc_env, pg_cluster, seeded_db, bucket, alerts_sent):
+    events, results, parts = run_multipart_backup_through_the_trigger(
+        fc_env, pg_cluster, seeded_db, bucket, ["oss:ObjectCreated:*"])
+
+    names = [json.loads(e)["events"][0]["eventName"] for e in events]
+    assert names[0] == "ObjectCreated:InitiateMultipartUpload"
+    assert names[1:-1] == ["ObjectCreated:UploadPart"] * parts
+    assert names[-1] == "ObjectCreated:CompleteMultipartUpload"
+    assert sum(len(r["ignored"]) for r in results) == parts + 1  # initiate and every part
+    assert alerts_sent == []
+
+
+def test_events_that_do_not_complete_an_object_are_ignored(fc_env, bucket):
+    bucket.put_object("db-backups/daily/backup_2026-11-27.sql.gz", b"not yet whole")
+    key = "db-backups/daily/backup_2026-11-27.sql.gz"
+    event = {"events": [{"eventName": name, "oss": {"bucket": {"name": "l2c-backups"},
+                                                     "object": {"key": key}}}
+                        for name in ("ObjectCreated:InitiateMultipartUpload", "ObjectCreated:UploadPart",
+                                     "ObjectCreated:UploadPartCopy", "ObjectCreated:AppendObject",
+                                     "ObjectCreated:PutSymlink", "ObjectRemoved:DeleteObject")]}
+    result = json.loads(verify_fn.handler(json.dumps(event).encode(), context(fc_env)))
+    assert result == {"results": [], "ignored": [key] * 6}
+    assert not bucket.object_exists(key + ".verify.json")
 
 
 def test_a_corrupt_backup_fails_the_invocation_with_one_urgent_alert(fc_env, pg_cluster,

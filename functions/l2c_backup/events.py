@@ -28,7 +28,9 @@ TIMER_EVENT_SCHEMA = {
 }
 
 
-HINTS = {"OSS event": "attach the verify function to an OSS trigger (oss:ObjectCreated:*)"}
+HINTS = {"OSS event": "attach the verify function to an OSS trigger on the events that complete "
+                      "an object (oss:ObjectCreated:PutObject, PostObject, CopyObject, "
+                      "CompleteMultipartUpload)"}
 
 
 def _check(instance, schema, what):
@@ -102,8 +104,24 @@ OSS_EVENT_SCHEMA = {
 }
 
 
+# The OSS calls after which an object exists whole. FC's OSS trigger also counts
+# InitiateMultipartUpload and every UploadPart as ObjectCreated events (one invocation
+# per call; FC's FAQ "function triggered multiple times upon object uploads"), so a wide
+# trigger (oss:ObjectCreated:*) would verify a multipart backup once per part, plus twice.
+# Left out on purpose: AppendObject (fires on every append of an object that can keep
+# growing: no call finishes it, and backups are never appended), PutSymlink (a link with
+# no bytes of its own; the target had its own event), UploadPartCopy (a part).
+OBJECT_COMPLETING_EVENTS = ("ObjectCreated:PutObject", "ObjectCreated:PostObject",
+                            "ObjectCreated:CopyObject", "ObjectCreated:CompleteMultipartUpload")
+
+
+def completes_an_object(event_name):
+    return event_name in OBJECT_COMPLETING_EVENTS
+
+
 def parse_oss_event(event):
-    """[(bucket, key, eventName)] of an OSS trigger event (possibly several records)."""
+    """[(bucket, key, eventName)] of an OSS trigger event (possibly several records); the
+    caller acts only on those where completes_an_object(eventName)."""
     body = _json(event, "event") if isinstance(event, (bytes, str)) else event
     _check(body, OSS_EVENT_SCHEMA, "OSS event")
     return [(r["oss"]["bucket"]["name"], r["oss"]["object"]["key"], r["eventName"])
