@@ -18,6 +18,7 @@ import requests
 from l2c_backup.commands import invoke as invoke_cmd
 from l2c_backup.errors import ConfigInvalid, EventInvalid, NotCompliant
 from l2c_backup.errors import InvocationFailed
+from l2c_backup.events import OBJECT_COMPLETING_EVENTS
 from l2c_local.fc import LocalFC
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
@@ -161,6 +162,7 @@ def test_backup_then_oss_trigger_verify_then_drill_all_through_fc(fc, oss_server
     # the OSS trigger of the verify function: each new object, invoked async through fc2
     trigger = client_for(fc)
     oss_server.subscribe("l2c-backups", prefix="db-backups/", suffix=".sql.gz",
+                         events=["oss:" + e for e in OBJECT_COMPLETING_EVENTS],
                          callback=lambda event: trigger.invoke_function(
                              fc.service, "verify", payload=event,
                              headers={"x-fc-invocation-type": "Async"}))
