@@ -1,11 +1,14 @@
 """The local OSS server: HTTP front end, request routing and the LocalOSS handle.
 
-Requests arrive path-style (`/bucket/url-encoded-key?sub-resource`), as oss2 sends them
-to an IP or localhost endpoint. Each is matched against scripted faults, authenticated,
-then served from the Store. Bodies are streamed to and from blob files, so large backups
+A request names its bucket as OSS does: in the Host header (`<bucket>.oss-local.test:PORT`,
+virtual-hosted, how oss2 addresses every named endpoint), or in the path
+(`/bucket/url-encoded-key`) when the Host is an IP or localhost, how oss2 addresses those.
+Each is matched against scripted faults, authenticated, checked against what this server
+implements (surface.py) and what OSS refuses (validate.py), then served from the Store. Bodies are streamed to and from blob files, so large backups
 pass through with flat memory.
 """
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -13,12 +16,13 @@ import socket
 import threading
 import time
 import uuid
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlsplit
 from xml.etree import ElementTree
 
-from . import xmlbody
+from .. import resolve
+from . import surface, validate, xmlbody
 from .auth import Authenticator
 from .events import ALL_OBJECT_CREATED, Dispatcher, ObjectState, Subscription, deliver, object_created_event
 from .faults import Fault, FaultPlan
@@ -31,6 +35,11 @@ TEST_ACCESS_KEY_SECRET = "l2c-local-test-secret-not-for-production"
 
 SERVER_SIDE_ENCRYPTION = ("x-oss-server-side-encryption", "x-oss-server-side-encryption-key-id",
                           "x-oss-server-side-data-encryption")
+# The account's default KMS key, which OSS uses and names when a KMS request gives none.
+DEFAULT_KMS_KEY_ID = "0e7f9c7a-3b1d-4c55-9b5e-6f2c10ca1e75"
+# GetObject query parameters that override response headers (response-content-type=...).
+RESPONSE_OVERRIDES = ("content-type", "content-language", "expires", "cache-control",
+                      "content-disposition", "content-encoding")
 CONFIG_MISSING = {
     "lifecycle": (404, "NoSuchLifecycle", "The lifecycle configuration does not exist."),
     "policy": (404, "NoSuchBucketPolicy", "The bucket policy does not exist."),
@@ -53,7 +62,7 @@ def _request_id():
 
 
 def _parse_tags(text):
-    return dict(parse_qsl(text or "", keep_blank_values=True))
+    return validate.tagging_header(text)
 
 
 def _tags_xml(tags):
@@ -63,7 +72,7 @@ def _tags_xml(tags):
 
 def _tags_from_xml(body):
     root = xmlbody.parse(body, "Tagging")
-    return {t.findtext("Key", ""): t.findtext("Value", "") for t in root.iter("Tag")}
+    return validate.tags([(t.findtext("Key", ""), t.findtext("Value", "")) for t in root.iter("Tag")])
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -94,15 +103,20 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         self.params = parse_qsl(url.query, keep_blank_values=True)
         self.query = dict(self.params)
-        if url.path.startswith("/-/"):
-            return self._admin(url.path)
-        parts = url.path.lstrip("/").split("/", 1)
-        self.bucket = unquote(parts[0]) if parts[0] else ""
-        self.key = unquote(parts[1]) if len(parts) > 1 and parts[1] else None
+        self.bucket, self.key = "", None
         try:
+            host_bucket = self._bucket_from_host()
+            if host_bucket is None and url.path.startswith("/-/"):
+                return self._admin(url.path)
+            self._address(host_bucket, url.path)
             self._apply_fault()
             self.oss.auth.verify(self.command, self.headers, self.bucket, self.key or "",
                                  self.params)
+            level = "object" if self.key is not None else "bucket" if self.bucket else "service"
+            surface.check(level, self.command, self.params, self.headers)
+            if self.key is not None:
+                validate.object_name(self.key)
+            validate.version_id(self.query.get("versionId"))
             self._route()
         except OSSError as err:
             self._send_error(err)
@@ -110,6 +124,39 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         except (ConnectionError, socket.timeout):
             self.close_connection = True
+
+    def _bucket_from_host(self):
+        """The bucket named by a virtual-hosted Host header; None for the endpoint itself or
+        an IP / localhost (then the path names the bucket)."""
+        host = self.headers.get("Host", "")
+        name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
+        name = name.rstrip(".").lower()
+        endpoint = self.oss.hostname
+        if name.endswith("." + endpoint):
+            return name[:-len(endpoint) - 1]
+        if name == endpoint:
+            self.path_style_refused = True
+            return None
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if name != "localhost":
+                raise OSSError(400, "InvalidRequest", f"The Host {host!r} is neither this endpoint "
+                               f"({endpoint}), a bucket under it, nor an IP address.") from None
+        self.path_style_refused = False
+        return None
+
+    def _address(self, host_bucket, path):
+        rest = path[1:] if path.startswith("/") else path
+        if host_bucket is not None:
+            self.bucket, self.key = host_bucket, unquote(rest) if rest else None
+            return
+        bucket, _, key = rest.partition("/")
+        if bucket and self.path_style_refused:
+            # OSS refuses path style on its named endpoints (buckets are virtual-hosted).
+            raise OSSError(403, "SecondLevelDomainForbidden", "Please use virtual hosted style to "
+                           "access.", "0003-00001703")
+        self.bucket, self.key = unquote(bucket), unquote(key) if key else None
 
     def _apply_fault(self):
         fault = self.oss.faults.take(self.command, self.bucket, self.key, self.params)
@@ -193,6 +240,12 @@ class Handler(BaseHTTPRequestHandler):
         except (ConnectionError, ValueError):
             self.close_connection = True
 
+    def send_response(self, code, message=None):
+        # BaseHTTPRequestHandler's also adds a Date header; _common_headers adds the one.
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Server", self.version_string())
+
     def send(self, status, body=b"", headers=None, content_type="application/xml"):
         self._drain()
         self.send_response(status)
@@ -220,9 +273,15 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send_error(self, err):
-        self.send(err.status, b"" if self.command == "HEAD" else
-                  xmlbody.error(err, self.request_id, self.headers.get("Host", "")),
-                  dict(err.headers, **({"x-oss-ec": err.ec} if err.ec else {})))
+        if err.status == 304:
+            return self.send(304, headers=err.headers)
+        body = xmlbody.error(err, self.request_id, self.headers.get("Host", ""))
+        headers = dict(err.headers, **({"x-oss-ec": err.ec} if err.ec else {}))
+        if self.command == "HEAD":
+            # A HEAD answer has no body: OSS carries the error document in x-oss-err.
+            headers["x-oss-err"] = base64.b64encode(body).decode("ascii")
+            body = b""
+        self.send(err.status, body, headers)
 
     # -- routing --------------------------------------------------------------------
     def _route(self):
@@ -259,16 +318,24 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- service and bucket ---------------------------------------------------------
     def list_buckets(self):
-        store = self.oss.store
+        store, q = self.oss.store, self.query
+        prefix, marker = q.get("prefix", ""), q.get("marker", "")
+        max_keys = self._max("max-keys")
         with store.lock:
+            names = sorted(n for n in store.buckets if n.startswith(prefix) and n > marker)
+            shown = [store.buckets[n] for n in names[:max_keys]]
             buckets = [("Bucket", [("CreationDate", xmlbody.iso8601(b.created)),
                                    ("ExtranetEndpoint", self.headers.get("Host", "")),
                                    ("IntranetEndpoint", self.headers.get("Host", "")),
                                    ("Location", f"oss-{b.region}"), ("Name", b.name),
                                    ("Region", b.region), ("StorageClass", "Standard")])
-                       for b in sorted(store.buckets.values(), key=lambda b: b.name)]
-        self.send(200, xmlbody.build("ListAllMyBucketsResult",
-                                     [("Owner", xmlbody.OWNER), ("Buckets", buckets)]))
+                       for b in shown]
+        paging = [("Prefix", prefix), ("Marker", marker), ("MaxKeys", max_keys),
+                  ("IsTruncated", len(names) > max_keys)]
+        if len(names) > max_keys:
+            paging.append(("NextMarker", shown[-1].name))
+        self.send(200, xmlbody.build("ListAllMyBucketsResult", paging + [
+            ("Owner", xmlbody.OWNER), ("Buckets", buckets)]))
 
     def create_bucket(self):
         self.read_body()  # CreateBucketConfiguration: storage class and redundancy, ignored
@@ -341,7 +408,9 @@ class Handler(BaseHTTPRequestHandler):
                 except ValueError:
                     raise OSSError(400, "InvalidPolicyDocument", "The policy is not valid JSON.") from None
             else:
-                xmlbody.parse(body, CONFIG_ROOTS[kind])
+                root = xmlbody.parse(body, CONFIG_ROOTS[kind])
+                if kind == "lifecycle":
+                    validate.lifecycle(root)
             store.set_config(self.bucket, kind, body.decode("utf-8"))
             return self.send(200)
         if self.command == "DELETE":
@@ -428,13 +497,18 @@ class Handler(BaseHTTPRequestHandler):
                 items.append(("NextMarker", enc(last)))
         if q.get("encoding-type") == "url":
             items.append(("EncodingType", "url"))
-        items += [("Contents", xmlbody.object_entry(k, v, enc)) for k, v in objects]
+        # ListObjectsV2 names owners only when asked (fetch-owner=true); v1 always does.
+        owner = not v2 or q.get("fetch-owner", "").lower() == "true"
+        items += [("Contents", xmlbody.object_entry(k, v, enc, owner)) for k, v in objects]
         items += [("CommonPrefixes", [("Prefix", enc(p))]) for p in prefixes]
         self.send(200, xmlbody.build("ListBucketResult", items))
 
     def bucket_versions(self):
         q, enc = self.query, xmlbody.encoder(self.params)
         prefix, delimiter, marker = q.get("prefix", ""), q.get("delimiter", ""), q.get("key-marker", "")
+        for name in ("prefix", "delimiter", "key-marker", "version-id-marker"):
+            if len(q.get(name, "").encode()) > 1024:
+                raise OSSError(400, "InvalidArgument", f"{name} is longer than 1024 bytes.")
         max_keys = self._max("max-keys")
         entries, prefixes, truncated, last = self.oss.store.list_versions(
             self.bucket, prefix, delimiter, marker, max_keys)
@@ -461,16 +535,39 @@ class Handler(BaseHTTPRequestHandler):
     def bucket_uploads(self):
         if self.command != "GET":
             self._not_allowed()
-        enc = self.encoder = xmlbody.encoder(self.params)
-        uploads = self.oss.store.list_uploads(self.bucket, self.query.get("prefix", ""))
-        items = [("Bucket", self.bucket), ("KeyMarker", ""), ("UploadIdMarker", ""),
-                 ("NextKeyMarker", ""), ("NextUploadIdMarker", ""),
-                 ("Delimiter", ""), ("Prefix", enc(self.query.get("prefix", ""))),
-                 ("MaxUploads", 1000), ("IsTruncated", False)]
-        if self.query.get("encoding-type") == "url":
+        q, enc = self.query, xmlbody.encoder(self.params)
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        key_marker, id_marker = q.get("key-marker", ""), q.get("upload-id-marker", "")
+        max_uploads = self._max("max-uploads", 1000)
+        uploads, prefixes, truncated = [], [], False
+        # Ordered by key, then upload id; a marker pair resumes after that upload (or, with
+        # no upload id, after every upload of that key), and a delimiter rolls keys up.
+        for u in self.oss.store.list_uploads(self.bucket, prefix):
+            if ((u.key, u.upload_id) <= (key_marker, id_marker)) if id_marker else u.key <= key_marker:
+                continue
+            cut = u.key.find(delimiter, len(prefix)) if delimiter else -1
+            common = u.key[:cut + len(delimiter)] if cut >= 0 else None
+            if common is not None and (common <= key_marker or (prefixes and prefixes[-1] == common)):
+                continue
+            if len(uploads) + len(prefixes) >= max_uploads:
+                truncated = True
+                break
+            if common is not None:
+                prefixes.append(common)
+                last = (common, "")
+            else:
+                uploads.append(u)
+                last = (u.key, u.upload_id)
+        items = [("Bucket", self.bucket), ("KeyMarker", enc(key_marker)), ("UploadIdMarker", id_marker),
+                 ("NextKeyMarker", enc(last[0]) if truncated else ""),
+                 ("NextUploadIdMarker", last[1] if truncated else ""),
+                 ("Delimiter", enc(delimiter)), ("Prefix", enc(prefix)),
+                 ("MaxUploads", max_uploads), ("IsTruncated", truncated)]
+        if q.get("encoding-type") == "url":
             items.append(("EncodingType", "url"))
         items += [("Upload", [("Key", enc(u.key)), ("UploadId", u.upload_id),
                               ("Initiated", xmlbody.iso8601(u.initiated))]) for u in uploads]
+        items += [("CommonPrefixes", [("Prefix", enc(p))]) for p in prefixes]
         self.send(200, xmlbody.build("ListMultipartUploadsResult", items))
 
     def bucket_delete(self):
@@ -517,6 +614,8 @@ class Handler(BaseHTTPRequestHandler):
         if not sse and self._default_sse():
             # A bucket default applies to objects uploaded without their own header.
             sse = {"x-oss-server-side-encryption": self._default_sse()}
+        if sse.get("x-oss-server-side-encryption") == "KMS":
+            sse.setdefault("x-oss-server-side-encryption-key-id", DEFAULT_KMS_KEY_ID)
         return sse
 
     def _default_sse(self):
@@ -560,7 +659,7 @@ class Handler(BaseHTTPRequestHandler):
         path, _, query = source.partition("?")
         src_bucket, _, src_key = path.lstrip("/").partition("/")
         src_key = unquote(src_key)
-        src_version_id = dict(parse_qsl(query)).get("versionId")
+        src_version_id = validate.version_id(dict(parse_qsl(query, keep_blank_values=True)).get("versionId"))
         self._forbid_overwrite()
         with store.lock:
             src = store.find_version(store.bucket(src_bucket), src_key, src_version_id)
@@ -603,6 +702,7 @@ class Handler(BaseHTTPRequestHandler):
         with store.lock:
             version = store.find_version(store.bucket(self.bucket), self.key,
                                          self.query.get("versionId"))
+            self._check_conditions(version)
             path = store.blob_path(version.blob)
             blob = open(path, "rb")  # open under the lock: a delete may unlink it right after
         with blob:
@@ -613,6 +713,9 @@ class Handler(BaseHTTPRequestHandler):
                             "x-oss-storage-class": "Standard"})
             if version.tags:
                 headers["x-oss-tagging-count"] = str(len(version.tags))
+            content_type = self.query.get("response-content-type", version.content_type)
+            headers.update({name: self.query[f"response-{name}"] for name in RESPONSE_OVERRIDES[1:]
+                            if f"response-{name}" in self.query})
             byte_range = self._range(version.size) if self.command == "GET" else None
             status, start, length = 200, 0, version.size
             if byte_range:
@@ -622,7 +725,7 @@ class Handler(BaseHTTPRequestHandler):
             self._drain()
             self.send_response(status)
             self._common_headers(headers)
-            self.send_header("Content-Type", version.content_type)
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(length))
             self.end_headers()
             if self.command == "HEAD":
@@ -634,6 +737,41 @@ class Handler(BaseHTTPRequestHandler):
                     raise ConnectionError("blob shorter than recorded")
                 length -= len(data)
                 self._write(data)
+
+    def _check_conditions(self, version):
+        """If-Match / If-Unmodified-Since (412), If-None-Match / If-Modified-Since (304), in
+        the order of RFC 7232 section 6."""
+        etag, modified = f'"{version.etag}"', int(version.last_modified)
+
+        def etags(header):
+            return {t.strip() for t in self.headers[header].split(",")}
+
+        def since(header):
+            try:
+                return parsedate_to_datetime(self.headers[header]).timestamp()
+            except (TypeError, ValueError):
+                return None  # an unreadable date is ignored, as HTTP says
+
+        failed = OSSError(412, "PreconditionFailed", "At least one of the pre-conditions you "
+                          "specified did not hold.", "0017-00001001")
+        if "If-Match" in self.headers:
+            if not etags("If-Match") & {etag, "*"}:
+                failed.extra["Condition"] = "If-Match"
+                raise failed
+        elif "If-Unmodified-Since" in self.headers:
+            limit = since("If-Unmodified-Since")
+            if limit is not None and modified > limit:
+                failed.extra["Condition"] = "If-Unmodified-Since"
+                raise failed
+        not_modified = OSSError(304, "NotModified", "", headers={
+            "ETag": etag, "Last-Modified": formatdate(version.last_modified, usegmt=True)})
+        if "If-None-Match" in self.headers:
+            if etags("If-None-Match") & {etag, "*"}:
+                raise not_modified
+        elif "If-Modified-Since" in self.headers:
+            limit = since("If-Modified-Since")
+            if limit is not None and modified <= limit:
+                raise not_modified
 
     def delete_object(self):
         version_id, marker = self.oss.store.delete(self.bucket, self.key, self.query.get("versionId"))
@@ -746,8 +884,9 @@ class LocalOSS:
 
     def __init__(self, data_dir=None, host="127.0.0.1", port=0, region="cn-hangzhou",
                  buckets=(), access_key_id=TEST_ACCESS_KEY_ID,
-                 access_key_secret=TEST_ACCESS_KEY_SECRET):
+                 access_key_secret=TEST_ACCESS_KEY_SECRET, hostname=resolve.TEST_DOMAIN):
         self.data_dir, self.host, self.port, self.region = data_dir, host, port, region
+        self.hostname = hostname.lower()
         self.access_key_id, self.access_key_secret = access_key_id, access_key_secret
         self.initial_buckets = list(buckets)
         self.faults = FaultPlan()
@@ -791,6 +930,13 @@ class LocalOSS:
 
     @property
     def endpoint(self):
+        """The named endpoint: oss2 addresses buckets under it virtual-hosted, as on Aliyun.
+        The name resolves where l2c_local.resolve is installed (tests, the demo)."""
+        return f"http://{self.hostname}:{self.port}"
+
+    @property
+    def endpoint_ip(self):
+        """The IP endpoint: oss2 addresses it path style; it resolves everywhere."""
         return f"http://{self.host}:{self.port}"
 
     # -- test controls --------------------------------------------------------------
@@ -826,7 +972,8 @@ class LocalOSS:
 
     def admin(self, method, path, body):
         if path == "health":
-            return {"status": "ok", "endpoint": self.endpoint, "buckets": self.bucket_names()}
+            return {"status": "ok", "endpoint": self.endpoint, "endpoint_ip": self.endpoint_ip,
+                    "buckets": self.bucket_names()}
         if path == "faults" and method == "POST":
             fault = self.inject(Fault.from_json(body))
             return {"added": repr(fault)}

@@ -556,7 +556,7 @@ class Store:
     def list_uploads(self, name, prefix=""):
         with self.lock:
             uploads = [u for u in self.bucket(name).uploads.values() if u.key.startswith(prefix)]
-            return sorted(uploads, key=lambda u: (u.key, u.initiated))
+            return sorted(uploads, key=lambda u: (u.key, u.upload_id))
 
 
 def group_entries(entries, prefix, delimiter, after, max_keys):

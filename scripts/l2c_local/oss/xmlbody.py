@@ -58,7 +58,7 @@ def encoder(params):
     return lambda s: s
 
 
-def object_entry(key, version, enc):
+def object_entry(key, version, enc, owner=True):
     return [("Key", enc(key)), ("LastModified", iso8601(version.last_modified)),
             ("ETag", f'"{version.etag}"'), ("Type", version.object_type), ("Size", version.size),
-            ("StorageClass", "Standard"), ("Owner", OWNER)]
+            ("StorageClass", "Standard")] + ([("Owner", OWNER)] if owner else [])
