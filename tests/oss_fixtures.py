@@ -1,11 +1,13 @@
 """Fixtures and helpers for proving the local OSS server against the real oss2 client.
 
 Every test talks to a `LocalOSS` over HTTP through oss2 2.19, exactly as L2C backup does
-against Aliyun; nothing on the server side is faked or patched.
+against Aliyun (virtual-hosted, on a named endpoint); nothing on the server side is faked
+or patched, and on the client side only the test domain's name lookup is answered locally.
 """
 
 import hashlib
 import http.client
+import os
 import http.server
 import queue
 import threading
@@ -15,7 +17,15 @@ import pytest
 import requests
 import urllib3
 
+from l2c_local import resolve
 from l2c_local.oss import LocalOSS
+
+# oss2 addresses the server's named endpoint virtual-hosted (`l2c-backups.oss-local.test`),
+# as it addresses Aliyun: the name resolves to 127.0.0.1 in this process, and in every
+# Python subprocess that inherits this environment (resolve_hook/ on PYTHONPATH). Tests
+# that build a subprocess environment from scratch pass it through resolve.child_env().
+resolve.install()
+os.environ.update(resolve.child_env())
 
 BUCKET = "l2c-backups"
 

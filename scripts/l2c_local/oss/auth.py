@@ -124,11 +124,15 @@ class Authenticator:
     def _verify_v1(self, auth, method, headers, bucket, key, params):
         access_key_id, _, signature = auth[4:].partition(":")
         cred = self._lookup(access_key_id.strip(), headers)
-        date = headers.get("date")
+        # OSS takes the request time from x-oss-date when present, else from Date; the
+        # same value is the Date line of the string to sign.
+        date = headers.get("x-oss-date") or headers.get("date")
         try:
-            _check_time(parsedate_to_datetime(date).timestamp(), self.now())
+            request_time = parsedate_to_datetime(date).timestamp()
         except (TypeError, ValueError):
-            raise _denied("AccessDenied", "The Date header is missing or invalid.") from None
+            raise _denied("AccessDenied", "The Date (or x-oss-date) header is missing or "
+                          "invalid.") from None
+        _check_time(request_time, self.now())
         to_sign = _v1_string_to_sign(method, headers, bucket, key, params)
         expected = base64.b64encode(_hmac(cred.access_key_secret.encode(), to_sign,
                                           hashlib.sha1)).decode()

@@ -1,11 +1,14 @@
 """The local OSS server: HTTP front end, request routing and the LocalOSS handle.
 
-Requests arrive path-style (`/bucket/url-encoded-key?sub-resource`), as oss2 sends them
-to an IP or localhost endpoint. Each is matched against scripted faults, authenticated,
-then served from the Store. Bodies are streamed to and from blob files, so large backups
+A request names its bucket as OSS does: in the Host header (`<bucket>.oss-local.test:PORT`,
+virtual-hosted, how oss2 addresses every named endpoint), or in the path
+(`/bucket/url-encoded-key`) when the Host is an IP or localhost, how oss2 addresses those.
+Each is matched against scripted faults, authenticated, checked against what this server
+implements (surface.py) and what OSS refuses (validate.py), then served from the Store. Bodies are streamed to and from blob files, so large backups
 pass through with flat memory.
 """
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -13,12 +16,13 @@ import socket
 import threading
 import time
 import uuid
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlsplit
 from xml.etree import ElementTree
 
-from . import xmlbody
+from .. import resolve
+from . import surface, validate, xmlbody
 from .auth import Authenticator
 from .events import ALL_OBJECT_CREATED, Dispatcher, ObjectState, Subscription, deliver, object_created_event
 from .faults import Fault, FaultPlan
@@ -58,7 +62,7 @@ def _request_id():
 
 
 def _parse_tags(text):
-    return dict(parse_qsl(text or "", keep_blank_values=True))
+    return validate.tagging_header(text)
 
 
 def _tags_xml(tags):
@@ -68,7 +72,7 @@ def _tags_xml(tags):
 
 def _tags_from_xml(body):
     root = xmlbody.parse(body, "Tagging")
-    return {t.findtext("Key", ""): t.findtext("Value", "") for t in root.iter("Tag")}
+    return validate.tags([(t.findtext("Key", ""), t.findtext("Value", "")) for t in root.iter("Tag")])
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -99,15 +103,20 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         self.params = parse_qsl(url.query, keep_blank_values=True)
         self.query = dict(self.params)
-        if url.path.startswith("/-/"):
-            return self._admin(url.path)
-        parts = url.path.lstrip("/").split("/", 1)
-        self.bucket = unquote(parts[0]) if parts[0] else ""
-        self.key = unquote(parts[1]) if len(parts) > 1 and parts[1] else None
+        self.bucket, self.key = "", None
         try:
+            host_bucket = self._bucket_from_host()
+            if host_bucket is None and url.path.startswith("/-/"):
+                return self._admin(url.path)
+            self._address(host_bucket, url.path)
             self._apply_fault()
             self.oss.auth.verify(self.command, self.headers, self.bucket, self.key or "",
                                  self.params)
+            level = "object" if self.key is not None else "bucket" if self.bucket else "service"
+            surface.check(level, self.command, self.params, self.headers)
+            if self.key is not None:
+                validate.object_name(self.key)
+            validate.version_id(self.query.get("versionId"))
             self._route()
         except OSSError as err:
             self._send_error(err)
@@ -115,6 +124,39 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         except (ConnectionError, socket.timeout):
             self.close_connection = True
+
+    def _bucket_from_host(self):
+        """The bucket named by a virtual-hosted Host header; None for the endpoint itself or
+        an IP / localhost (then the path names the bucket)."""
+        host = self.headers.get("Host", "")
+        name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
+        name = name.rstrip(".").lower()
+        endpoint = self.oss.hostname
+        if name.endswith("." + endpoint):
+            return name[:-len(endpoint) - 1]
+        if name == endpoint:
+            self.path_style_refused = True
+            return None
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if name != "localhost":
+                raise OSSError(400, "InvalidRequest", f"The Host {host!r} is neither this endpoint "
+                               f"({endpoint}), a bucket under it, nor an IP address.") from None
+        self.path_style_refused = False
+        return None
+
+    def _address(self, host_bucket, path):
+        rest = path[1:] if path.startswith("/") else path
+        if host_bucket is not None:
+            self.bucket, self.key = host_bucket, unquote(rest) if rest else None
+            return
+        bucket, _, key = rest.partition("/")
+        if bucket and self.path_style_refused:
+            # OSS refuses path style on its named endpoints (buckets are virtual-hosted).
+            raise OSSError(403, "SecondLevelDomainForbidden", "Please use virtual hosted style to "
+                           "access.", "0003-00001703")
+        self.bucket, self.key = unquote(bucket), unquote(key) if key else None
 
     def _apply_fault(self):
         fault = self.oss.faults.take(self.command, self.bucket, self.key, self.params)
@@ -198,6 +240,12 @@ class Handler(BaseHTTPRequestHandler):
         except (ConnectionError, ValueError):
             self.close_connection = True
 
+    def send_response(self, code, message=None):
+        # BaseHTTPRequestHandler's also adds a Date header; _common_headers adds the one.
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Server", self.version_string())
+
     def send(self, status, body=b"", headers=None, content_type="application/xml"):
         self._drain()
         self.send_response(status)
@@ -225,9 +273,15 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send_error(self, err):
-        self.send(err.status, b"" if self.command == "HEAD" else
-                  xmlbody.error(err, self.request_id, self.headers.get("Host", "")),
-                  dict(err.headers, **({"x-oss-ec": err.ec} if err.ec else {})))
+        if err.status == 304:
+            return self.send(304, headers=err.headers)
+        body = xmlbody.error(err, self.request_id, self.headers.get("Host", ""))
+        headers = dict(err.headers, **({"x-oss-ec": err.ec} if err.ec else {}))
+        if self.command == "HEAD":
+            # A HEAD answer has no body: OSS carries the error document in x-oss-err.
+            headers["x-oss-err"] = base64.b64encode(body).decode("ascii")
+            body = b""
+        self.send(err.status, body, headers)
 
     # -- routing --------------------------------------------------------------------
     def _route(self):
@@ -246,6 +300,8 @@ class Handler(BaseHTTPRequestHandler):
                     "GET": self.list_objects}.get(method, self._not_allowed)()
         if "tagging" in q:
             return self.object_tagging()
+        if "objectMeta" in q:
+            return self.object_meta()
         if "uploads" in q and method == "POST":
             return self.initiate_upload()
         if "uploadId" in q:
@@ -354,7 +410,9 @@ class Handler(BaseHTTPRequestHandler):
                 except ValueError:
                     raise OSSError(400, "InvalidPolicyDocument", "The policy is not valid JSON.") from None
             else:
-                xmlbody.parse(body, CONFIG_ROOTS[kind])
+                root = xmlbody.parse(body, CONFIG_ROOTS[kind])
+                if kind == "lifecycle":
+                    validate.lifecycle(root)
             store.set_config(self.bucket, kind, body.decode("utf-8"))
             return self.send(200)
         if self.command == "DELETE":
@@ -603,7 +661,7 @@ class Handler(BaseHTTPRequestHandler):
         path, _, query = source.partition("?")
         src_bucket, _, src_key = path.lstrip("/").partition("/")
         src_key = unquote(src_key)
-        src_version_id = dict(parse_qsl(query)).get("versionId")
+        src_version_id = validate.version_id(dict(parse_qsl(query, keep_blank_values=True)).get("versionId"))
         self._forbid_overwrite()
         with store.lock:
             src = store.find_version(store.bucket(src_bucket), src_key, src_version_id)
@@ -646,6 +704,7 @@ class Handler(BaseHTTPRequestHandler):
         with store.lock:
             version = store.find_version(store.bucket(self.bucket), self.key,
                                          self.query.get("versionId"))
+            self._check_conditions(version)
             path = store.blob_path(version.blob)
             blob = open(path, "rb")  # open under the lock: a delete may unlink it right after
         with blob:
@@ -680,6 +739,55 @@ class Handler(BaseHTTPRequestHandler):
                     raise ConnectionError("blob shorter than recorded")
                 length -= len(data)
                 self._write(data)
+
+    def object_meta(self):
+        """GetObjectMeta: the few headers OSS returns for it, without the user metadata."""
+        store = self.oss.store
+        with store.lock:
+            version = store.find_version(store.bucket(self.bucket), self.key,
+                                         self.query.get("versionId"))
+        headers = self._version_headers(version)
+        headers["Last-Modified"] = formatdate(version.last_modified, usegmt=True)
+        self._drain()
+        self.send_response(200)
+        self._common_headers(headers)
+        self.send_header("Content-Length", str(version.size))
+        self.end_headers()
+
+    def _check_conditions(self, version):
+        """If-Match / If-Unmodified-Since (412), If-None-Match / If-Modified-Since (304), in
+        the order of RFC 7232 section 6."""
+        etag, modified = f'"{version.etag}"', int(version.last_modified)
+
+        def etags(header):
+            return {t.strip() for t in self.headers[header].split(",")}
+
+        def since(header):
+            try:
+                return parsedate_to_datetime(self.headers[header]).timestamp()
+            except (TypeError, ValueError):
+                return None  # an unreadable date is ignored, as HTTP says
+
+        failed = OSSError(412, "PreconditionFailed", "At least one of the pre-conditions you "
+                          "specified did not hold.", "0017-00001001")
+        if "If-Match" in self.headers:
+            if not etags("If-Match") & {etag, "*"}:
+                failed.extra["Condition"] = "If-Match"
+                raise failed
+        elif "If-Unmodified-Since" in self.headers:
+            limit = since("If-Unmodified-Since")
+            if limit is not None and modified > limit:
+                failed.extra["Condition"] = "If-Unmodified-Since"
+                raise failed
+        not_modified = OSSError(304, "NotModified", "", headers={
+            "ETag": etag, "Last-Modified": formatdate(version.last_modified, usegmt=True)})
+        if "If-None-Match" in self.headers:
+            if etags("If-None-Match") & {etag, "*"}:
+                raise not_modified
+        elif "If-Modified-Since" in self.headers:
+            limit = since("If-Modified-Since")
+            if limit is not None and modified <= limit:
+                raise not_modified
 
     def delete_object(self):
         version_id, marker = self.oss.store.delete(self.bucket, self.key, self.query.get("versionId"))
@@ -792,8 +900,9 @@ class LocalOSS:
 
     def __init__(self, data_dir=None, host="127.0.0.1", port=0, region="cn-hangzhou",
                  buckets=(), access_key_id=TEST_ACCESS_KEY_ID,
-                 access_key_secret=TEST_ACCESS_KEY_SECRET):
+                 access_key_secret=TEST_ACCESS_KEY_SECRET, hostname=resolve.TEST_DOMAIN):
         self.data_dir, self.host, self.port, self.region = data_dir, host, port, region
+        self.hostname = hostname.lower()
         self.access_key_id, self.access_key_secret = access_key_id, access_key_secret
         self.initial_buckets = list(buckets)
         self.faults = FaultPlan()
@@ -837,6 +946,13 @@ class LocalOSS:
 
     @property
     def endpoint(self):
+        """The named endpoint: oss2 addresses buckets under it virtual-hosted, as on Aliyun.
+        The name resolves where l2c_local.resolve is installed (tests, the demo)."""
+        return f"http://{self.hostname}:{self.port}"
+
+    @property
+    def endpoint_ip(self):
+        """The IP endpoint: oss2 addresses it path style; it resolves everywhere."""
         return f"http://{self.host}:{self.port}"
 
     # -- test controls --------------------------------------------------------------
@@ -872,7 +988,8 @@ class LocalOSS:
 
     def admin(self, method, path, body):
         if path == "health":
-            return {"status": "ok", "endpoint": self.endpoint, "buckets": self.bucket_names()}
+            return {"status": "ok", "endpoint": self.endpoint, "endpoint_ip": self.endpoint_ip,
+                    "buckets": self.bucket_names()}
         if path == "faults" and method == "POST":
             fault = self.inject(Fault.from_json(body))
             return {"added": repr(fault)}
