@@ -1,6 +1,16 @@
 """Running the deployed FC functions from an operator's machine (`l2c-backup invoke`).
 
-Through aliyun-fc2 (FC 2.0 API, 2016-08-15), as the console's "invoke" does:
+Two deployments, two APIs (FC_API_VERSION or --api):
+
+- fc2 (default): s.yaml deploys the service `l2c-backup` with its functions on the FC 2.0
+  model; aliyun-fc2 (FC 2.0 API, 2016-08-15) addresses them as service + function.
+- fc3: template.yml (ROS, ALIYUN::FC3::Function) creates FC 3.0 functions, which have no
+  service and which the FC 2.0 API therefore cannot name; FC3Invoker calls the FC 3.0 API
+  (2023-03-30, fc3api.py) for `<FC_SERVICE>-<function>` (l2c-backup-backup, ...: the
+  template's DeploymentName is FC_SERVICE). Same behaviour: sync, async, async tasks
+  (`x-fc-async-task-id`, GetAsyncTask), errors mapped the same way.
+
+Through aliyun-fc2, as the console's "invoke" does:
 
 - sync (default): InvokeFunction with `x-fc-invocation-type: Sync`; the HTTP request stays
   open until the handler returns, and its return value (the JSON summary) is the answer.
@@ -33,13 +43,14 @@ from dataclasses import dataclass
 import fc2
 import requests
 
-from . import errors, logs
+from . import errors, fc3api, logs
 from .errors import ConfigInvalid, InvocationFailed, L2CError
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "2016-08-15"
 DEFAULT_SERVICE = "l2c-backup"
+API_CHOICES = ("fc2", "fc3")
 FUNCTIONS = ("backup", "drill", "watchdog")
 TERMINAL = ("Succeeded", "Failed", "Stopped", "Expired", "Invalid")
 TIMEOUT_MARGIN_SECONDS = 300    # on top of the function's timeout: cold start, upload, queueing
@@ -74,12 +85,18 @@ class FCSettings:
     access_key_id: str
     access_key_secret: str
     security_token: str = ""
+    api: str = "fc2"
 
 
-def settings_from_env(environ=None, endpoint=None, service=None):
-    """FC_ENDPOINT, FC_SERVICE and the key pair (ALIBABA_CLOUD_ACCESS_KEY_ID / _SECRET /
-    ALIBABA_CLOUD_SECURITY_TOKEN, else OSS_ACCESS_KEY_ID / _SECRET / OSS_SECURITY_TOKEN)."""
+def settings_from_env(environ=None, endpoint=None, service=None, api=None):
+    """FC_ENDPOINT, FC_SERVICE, FC_API_VERSION (fc2 / fc3) and the key pair
+    (ALIBABA_CLOUD_ACCESS_KEY_ID / _SECRET / ALIBABA_CLOUD_SECURITY_TOKEN, else
+    OSS_ACCESS_KEY_ID / _SECRET / OSS_SECURITY_TOKEN)."""
     environ = os.environ if environ is None else environ
+    api = (api or environ.get("FC_API_VERSION", "") or "fc2").strip().lower()
+    if api not in API_CHOICES:
+        raise ConfigInvalid(f"FC_API_VERSION is '{api}'",
+                            "set it to fc2 (functions deployed by s.yaml) or fc3 (by template.yml)")
     endpoint = (endpoint or environ.get("FC_ENDPOINT", "")).strip()
     if not endpoint:
         raise ConfigInvalid("FC_ENDPOINT is not set",
@@ -94,7 +111,7 @@ def settings_from_env(environ=None, endpoint=None, service=None):
             if not sk:
                 raise ConfigInvalid(f"{prefix}ACCESS_KEY_ID is set but {prefix}ACCESS_KEY_SECRET "
                                     "is not", f"set {prefix}ACCESS_KEY_SECRET")
-            return FCSettings(endpoint, service, ak, sk, environ.get(token, "").strip())
+            return FCSettings(endpoint, service, ak, sk, environ.get(token, "").strip(), api)
     raise ConfigInvalid("no access key for FC: ALIBABA_CLOUD_ACCESS_KEY_ID (or "
                         "OSS_ACCESS_KEY_ID) is not set",
                         "set ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET "
@@ -158,7 +175,14 @@ def quiet_fc2_logs():
         root.removeFilter(keep)
 
 
+def invoker_for(settings):
+    """The invoker of the API the functions were deployed with."""
+    return FC3Invoker(settings) if settings.api == "fc3" else Invoker(settings)
+
+
 class Invoker:
+    TASK_NOT_FOUND = "StatefulAsyncInvocationNotFound"
+
     def __init__(self, settings, client=None, sleep=time.sleep, clock=time.monotonic):
         self.settings = settings
         logs.register_secret(settings.access_key_secret, settings.security_token)
@@ -231,13 +255,14 @@ class Invoker:
             except ConfigInvalid as err:
                 # A new task may take a moment to show; one that never shows means the
                 # function has no asynchronous task feature.
-                if getattr(err, "fc_code", "") != "StatefulAsyncInvocationNotFound":
+                if getattr(err, "fc_code", "") != self.TASK_NOT_FOUND:
                     raise
                 if self.clock() - started > TASK_VISIBLE_SECONDS:
                     raise ConfigInvalid(
                         f"FC has no async task {task_id} for the {function} function",
-                        "enable the function's asynchronous task feature (async configuration "
-                        "statefulInvocation: true), or invoke without --wait") from None
+                        "enable the function's asynchronous task feature (s.yaml: "
+                        "statefulInvocation: true; template.yml: AsyncTask: true), or invoke "
+                        "without --wait") from None
                 task = {"status": "Enqueued"}
             status = task.get("status", "")
             if status in TERMINAL:
@@ -306,4 +331,102 @@ class Invoker:
         else:
             failure = InvocationFailed(text, "FC is failing or throttling: try again later")
         failure.fc_code = code
+        return failure
+
+
+class FC3Invoker(Invoker):
+    """The same invocations through the FC 3.0 API, for functions template.yml deployed:
+    FC 3.0 names a function `<FC_SERVICE>-<function>` and has no service around it."""
+    TASK_NOT_FOUND = "AsyncTaskNotFound"
+
+    def __init__(self, settings, client=None, sleep=time.sleep, clock=time.monotonic):
+        self.settings = settings
+        logs.register_secret(settings.access_key_secret, settings.security_token)
+        self.client = client or fc3api.Client(settings.endpoint, settings.access_key_id,
+                                              settings.access_key_secret, settings.security_token,
+                                              connect_timeout=CONNECT_TIMEOUT_SECONDS)
+        self.sleep, self.clock = sleep, clock
+
+    def function_name(self, function):
+        return f"{self.settings.service}-{function}"
+
+    def function_timeout(self, function):
+        name = self.function_name(function)
+        try:
+            data = self._call(function, "read the configuration of",
+                              lambda t: self.client.get_function(name, timeout=t),
+                              CONNECT_TIMEOUT_SECONDS * 3)
+        except ConfigInvalid as err:
+            if getattr(err, "fc_code", "") == "AccessDenied":
+                log.warning("not allowed to read the %s function's timeout (fc:GetFunction); "
+                            "waiting up to %d s", name, FALLBACK_TIMEOUT_SECONDS)
+                return None
+            raise
+        return int(data.get("timeout") or 0) or None
+
+    def invoke_sync(self, function, payload, timeout=None):
+        if timeout is None:
+            function_timeout = self.function_timeout(function)
+            timeout = (function_timeout + TIMEOUT_MARGIN_SECONDS if function_timeout
+                       else FALLBACK_TIMEOUT_SECONDS)
+        name = self.function_name(function)
+        response = self._call(function, "invoke", lambda t: self.client.invoke_function(
+            name, payload, "Sync", timeout=t), timeout)
+        if response.headers.get("x-fc-error-type"):  # the function ran and raised
+            try:
+                body = json.loads(response.body)
+            except ValueError:
+                body = {}
+            body = body if isinstance(body, dict) else {}
+            raise remote_failure(function, body.get("errorType") or response.headers["x-fc-error-type"],
+                                 body.get("errorMessage", response.body.decode("utf-8", "replace")),
+                                 response.request_id)
+        return response.request_id, response.body
+
+    def invoke_async(self, function, payload, task_id=None):
+        name = self.function_name(function)
+        response = self._call(function, "invoke", lambda t: self.client.invoke_function(
+            name, payload, "Async", task_id or "", timeout=t), CONNECT_TIMEOUT_SECONDS * 6)
+        return response.request_id, task_id or ""
+
+    def get_task(self, function, task_id):
+        name = self.function_name(function)
+        return self._call(function, "read the async task of",
+                          lambda t: self.client.get_async_task(name, task_id, timeout=t),
+                          CONNECT_TIMEOUT_SECONDS * 6)
+
+    def _outcome(self, function, task_id, task):
+        # FC 3.0's AsyncTask names the error taskErrorMessage (FC 2.0: invocationErrorMessage)
+        return super()._outcome(function, task_id, {**task, "invocationErrorMessage":
+                                                    task.get("taskErrorMessage", "")})
+
+    def _call(self, function, what, call, timeout):
+        try:
+            return call(timeout)
+        except fc3api.FC3Error as err:
+            raise self._refusal(function, what, err) from None
+        except fc3api.FC3Timeout:
+            raise InvocationFailed(
+                f"no answer from FC within {timeout:.0f} s to {what} the {function} function; "
+                "it may still be running there",
+                f"check the {function} function's log; for long runs use --async --wait or a "
+                "longer --timeout") from None
+        except fc3api.FC3Unreachable as err:
+            raise InvocationFailed(f"cannot reach FC at {self.settings.endpoint} to {what} the "
+                                   f"{function} function: {err}",
+                                   "check FC_ENDPOINT and the network") from None
+
+    def _refusal(self, function, what, err):
+        text = (f"FC refused to {what} the function {self.function_name(function)}: "
+                f"{err.status} {err.code}: {err.message} (request id {err.request_id or 'unknown'})")
+        if 400 <= err.status < 500 and err.status != 429:
+            hint = REFUSAL_HINTS.get(err.code, "see the FC error code")
+            if err.code == "FunctionNotFound":
+                hint = ("deploy template.yml (ROS), or check FC_SERVICE (the template's "
+                        "DeploymentName: functions are <FC_SERVICE>-<function>) and FC_ENDPOINT; "
+                        "functions deployed by s.yaml need FC_API_VERSION=fc2")
+            failure = ConfigInvalid(text, hint)
+        else:
+            failure = InvocationFailed(text, "FC is failing or throttling: try again later")
+        failure.fc_code = err.code
         return failure

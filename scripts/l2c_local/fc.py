@@ -1,4 +1,5 @@
-"""The local Function Compute endpoint: the FC 2.0 API (2016-08-15) as aliyun-fc2 uses it.
+"""The local Function Compute endpoint: the FC 2.0 API (2016-08-15) as aliyun-fc2 uses it,
+and the FC 3.0 API (2023-03-30) calls `l2c-backup invoke --api fc3` makes.
 
 `LocalFC` serves, over real HTTP:
 
@@ -19,6 +20,16 @@ the way fc2/auth.py builds it before sending), the STS token in `x-fc-security-t
 when the key is an STS key, and the Date within 15 minutes. Errors are FC's JSON
 `{"ErrorCode", "ErrorMessage"}` with the request id in `x-fc-request-id`.
 
+FC 3.0 (functions deployed by template.yml, which have no service): the function
+`<service>-<name>` is the FC 2.0 function `name` of the served service.
+- `POST /2023-03-30/functions/{function}/invocations` (InvokeFunction): as above, the async
+  task named by `x-fc-async-task-id`.
+- `GET /2023-03-30/functions/{function}` (GetFunction) and
+  `GET /2023-03-30/functions/{function}/async-tasks/{id}` (GetAsyncTask).
+These are signed as Alibaba Cloud's SDK signs them (ACS3-HMAC-SHA256, see `verify_acs3`:
+rebuilt here from the request received; tests/test_invoke_fc3.py drives it with the official
+@alicloud/fc20230330 SDK), and errors are FC 3.0's `{"Code", "Message", "RequestId"}`.
+
 Handlers are the real modules: `<functions_dir>/<name>.py`, imported once (a warm
 instance) the way FC imports them with the code directory on sys.path, and called as
 `handler(event_bytes, context)` with a context shaped like FC python3.10's.
@@ -33,6 +44,7 @@ Not modelled: function timeouts (a handler runs to its end; it sees its timeout 
 `context.function.timeout`), instance concurrency, FC's log service, HTTP triggers.
 """
 import base64
+import calendar
 import dataclasses
 import hashlib
 import hmac
@@ -51,11 +63,13 @@ from email.utils import parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "2016-08-15"
+FC3_API_VERSION = "2023-03-30"
+ACS3 = "ACS3-HMAC-SHA256"
 TEST_ACCESS_KEY_ID = "LTAI5tL2CLocalFCKey0001"
 TEST_ACCESS_KEY_SECRET = "l2c-local-fc-test-secret-not-for-production"
 TEST_ACCOUNT_ID = "1234567890123456"
@@ -154,6 +168,19 @@ class Invocation:
     started: Optional[float] = None
     ended: Optional[float] = None
 
+    def async_task_view(self, function_name):
+        """FC 3.0's AsyncTask (GetAsyncTask)."""
+        view = self.stateful_view("")
+        view = {"functionArn": "", "qualifier": "LATEST", "taskId": self.invocation_id,
+                "requestId": self.request_id, "status": self.status,
+                "startedTime": view["startedTime"], "endTime": view["endTime"],
+                "destinationStatus": "", "alreadyRetriedTimes": self.retried,
+                "taskPayload": view["invocationPayload"],
+                "taskErrorMessage": view["invocationErrorMessage"],
+                **({"returnPayload": view["returnPayload"]} if "returnPayload" in view else {})}
+        view["functionArn"] = f"acs:fc:::functions/{function_name}"
+        return view
+
     def stateful_view(self, service):
         def ms(t):
             return int(t * 1000) if t else None
@@ -209,10 +236,74 @@ def string_to_sign(method, headers, path):
                        canon + path.encode("utf-8")])
 
 
+def acs3_encode(value):
+    # the SDK's percent encoding (encodeURIComponent, then ! ' ( ) * escaped too)
+    return quote(value, safe="-_.~")
+
+
+def acs3_canonical_request(method, raw_path, query, headers, signed_names, payload_hash):
+    """What Alibaba Cloud's SDK (openapi-core getAuthorization) hashes and signs."""
+    pairs = sorted(parse_qsl(query, keep_blank_values=True))
+    canonical_query = "&".join(f"{k}={acs3_encode(v)}" for k, v in pairs)
+    lines = "".join(f"{n}:{','.join(sorted(v.strip() for v in headers.get_all(n) or []))}\n"
+                    for n in signed_names)
+    return "\n".join([method.upper(), raw_path, canonical_query, lines, ";".join(signed_names),
+                      payload_hash])
+
+
 class Authenticator:
     def __init__(self, now=time.time):
         self.now = now
         self.credentials = {}
+
+    def verify_acs3(self, method, headers, raw_path, query, body):
+        """An FC 3.0 request: `Authorization: ACS3-HMAC-SHA256 Credential=ak,SignedHeaders=
+        names,Signature=hex`, every x-acs-* header and host signed, x-acs-date within 15
+        minutes, x-acs-content-sha256 the body's hash, the STS token when the key is STS."""
+        auth = headers.get("authorization", "")
+        match = re.fullmatch(ACS3 + r" Credential=([^,]+),SignedHeaders=([^,]+),Signature=([0-9a-f]+)",
+                             auth.strip())
+        if not match:
+            raise FCError(400, "IncompleteSignature",
+                          f"the Authorization header is not '{ACS3} Credential=...,"
+                          "SignedHeaders=...,Signature=...'")
+        access_key_id, signed, signature = match.groups()
+        cred = self.credentials.get(access_key_id)
+        if cred is None:
+            raise FCError(403, "InvalidAccessKeyID", f"invalid access key ID '{access_key_id}'")
+        if cred.security_token and (headers.get("x-acs-security-token") != cred.security_token
+                                    or headers.get("x-acs-accesskey-id") != access_key_id):
+            raise FCError(403, "InvalidSecurityToken", "the security token you provided is invalid")
+        names = signed.split(";")
+        unsigned = sorted({k.lower() for k in headers.keys() if k.lower().startswith("x-acs-")}
+                          - set(names))
+        if names != sorted(set(names)) or "host" not in names or unsigned:
+            raise FCError(400, "IncompleteSignature",
+                          f"SignedHeaders must list host and every x-acs-* header, sorted "
+                          f"(unsigned: {', '.join(unsigned) or 'none'})")
+        date = headers.get("x-acs-date")
+        if not date:
+            raise FCError(400, "MissingRequiredHeader", "required HTTP header x-acs-date was not specified")
+        try:
+            request_time = calendar.timegm(time.strptime(date, "%Y-%m-%dT%H:%M:%SZ"))
+        except ValueError:
+            raise FCError(400, "InvalidArgument", f"the x-acs-date header '{date}' is invalid") from None
+        if abs(request_time - self.now()) > MAX_SKEW_SECONDS:
+            raise FCError(403, "RequestTimeTooSkewed",
+                          f"the difference between the request time '{date}' and the current "
+                          f"time is more than {MAX_SKEW_SECONDS // 60} minutes")
+        payload_hash = headers.get("x-acs-content-sha256", "")
+        if payload_hash != hashlib.sha256(body).hexdigest():
+            raise FCError(400, "InvalidArgument", "x-acs-content-sha256 is not the SHA-256 of the body")
+        canonical = acs3_canonical_request(method, raw_path, query, headers, names, payload_hash)
+        to_sign = f"{ACS3}\n{hashlib.sha256(canonical.encode('utf-8')).hexdigest()}"
+        expected = hmac.new(cred.access_key_secret.encode("utf-8"), to_sign.encode("utf-8"),
+                            hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signature):
+            raise FCError(403, "SignatureNotMatch",
+                          "The request signature we calculated does not match the signature "
+                          "you provided. Check your access key and signing method")
+        return access_key_id
 
     def add(self, access_key_id, access_key_secret, security_token=""):
         self.credentials[access_key_id] = Credentials(access_key_id, access_key_secret,
@@ -294,15 +385,21 @@ class Handler(BaseHTTPRequestHandler):
 
     def _handle(self):
         self.request_id = str(uuid.uuid4())
-        path = unquote(urlsplit(self.path).path)
+        url = urlsplit(self.path)
+        path = unquote(url.path)
+        fc3 = url.path.startswith(f"/{FC3_API_VERSION}/")
         try:
             body = self._read_body()
-            access_key_id = self.fc.auth.verify(self.command, self.headers, path)
+            if fc3:
+                access_key_id = self.fc.auth.verify_acs3(self.command, self.headers, url.path,
+                                                         url.query, body)
+            else:
+                access_key_id = self.fc.auth.verify(self.command, self.headers, path)
             self._route(path, body, access_key_id)
         except FCError as err:
-            self._send(err.status, json.dumps({"ErrorCode": err.code,
-                                               "ErrorMessage": err.message}).encode(),
-                       content_type="application/json")
+            error = ({"Code": err.code, "Message": err.message, "RequestId": self.request_id}
+                     if fc3 else {"ErrorCode": err.code, "ErrorMessage": err.message})
+            self._send(err.status, json.dumps(error).encode(), content_type="application/json")
         except (ConnectionError, TimeoutError):
             self.close_connection = True
         except Exception:  # a bug here: answer as FC does, not with a dropped connection
@@ -353,6 +450,8 @@ class Handler(BaseHTTPRequestHandler):
         parts = path.strip("/").split("/")
         not_supported = FCError(400, "PathNotSupported",
                                 f"'{self.command}' against '{path}' is not supported")
+        if parts[0] == FC3_API_VERSION:
+            return self._route_fc3(parts, body, access_key_id, not_supported)
         if len(parts) < 5 or parts[0] != API_VERSION or parts[1] != "services" \
                 or parts[3] != "functions":
             raise not_supported
@@ -369,7 +468,23 @@ class Handler(BaseHTTPRequestHandler):
                               content_type="application/json")
         raise not_supported
 
-    def _invoke(self, spec, body, access_key_id):
+    def _route_fc3(self, parts, body, access_key_id, not_supported):
+        if len(parts) < 3 or parts[1] != "functions":
+            raise not_supported
+        spec = self.fc.fc3_function(parts[2])
+        rest = parts[3:]
+        if self.command == "POST" and rest == ["invocations"]:
+            return self._invoke(spec, body, access_key_id, task_header="x-fc-async-task-id")
+        if self.command == "GET" and not rest:
+            view = {**self.fc.function_view(spec), "functionName": parts[2]}
+            return self._send(200, json.dumps(view).encode(), content_type="application/json")
+        if self.command == "GET" and len(rest) == 2 and rest[0] == "async-tasks":
+            invocation = self.fc.stateful_invocation(spec.name, rest[1], "AsyncTaskNotFound")
+            return self._send(200, json.dumps(invocation.async_task_view(parts[2])).encode(),
+                              content_type="application/json")
+        raise not_supported
+
+    def _invoke(self, spec, body, access_key_id, task_header="x-fc-stateful-async-invocation-id"):
         kind = self.headers.get("x-fc-invocation-type", "Sync")
         if kind not in ("Sync", "Async"):
             raise FCError(400, "InvalidArgument",
@@ -378,10 +493,9 @@ class Handler(BaseHTTPRequestHandler):
         if kind == "Async":
             if len(body) > MAX_ASYNC_PAYLOAD:
                 raise self._too_large(MAX_ASYNC_PAYLOAD)
-            invocation.invocation_id = self.headers.get("x-fc-stateful-async-invocation-id", "")
+            invocation.invocation_id = self.headers.get(task_header, "")
             self.fc.submit(invocation)
-            headers = {"x-fc-stateful-async-invocation-id": invocation.invocation_id} \
-                if self.fc.stateful_async else {}
+            headers = {task_header: invocation.invocation_id} if self.fc.stateful_async else {}
             return self._send(202, b"", headers)
         self.fc.run(invocation)
         if invocation.error:
@@ -511,17 +625,25 @@ class LocalFC:
                           f"function '{name}' does not exist in service '{service_name}'")
         return spec
 
+    def fc3_function(self, name):
+        """FC 3.0 names the function `<service>-<name>` (template.yml's DeploymentName)."""
+        prefix = f"{self.service}-"
+        spec = self.functions.get(name[len(prefix):]) if name.startswith(prefix) else None
+        if spec is None:
+            raise FCError(404, "FunctionNotFound", f"function '{name}' does not exist")
+        return spec
+
     def function_view(self, spec):
         return {"functionName": spec.name, "handler": spec.handler, "runtime": "python3.10",
                 "memorySize": spec.memory, "timeout": spec.timeout,
                 "environmentVariables": {**self.env, **spec.env}, "description": "",
                 "functionId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.service}/{spec.name}"))}
 
-    def stateful_invocation(self, function, invocation_id):
+    def stateful_invocation(self, function, invocation_id, not_found="StatefulAsyncInvocationNotFound"):
         with self._lock:
             invocation = self._by_task_id.get((function, invocation_id))
         if invocation is None or not self.stateful_async:
-            raise FCError(404, "StatefulAsyncInvocationNotFound",
+            raise FCError(404, not_found,
                           f"stateful async invocation '{invocation_id}' of function "
                           f"'{function}' does not exist")
         with self._lock:

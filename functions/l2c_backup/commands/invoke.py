@@ -12,7 +12,10 @@ def add_parser(subparsers):
         description="Invoke a function of the deployed FC service through the FC API, as the "
                     "console does. FC_ENDPOINT (https://<account id>.<region>.fc.aliyuncs.com), "
                     "FC_SERVICE (default l2c-backup) and ALIBABA_CLOUD_ACCESS_KEY_ID / _SECRET "
-                    "(or OSS_ACCESS_KEY_ID / _SECRET) say where and as whom. By default the "
+                    "(or OSS_ACCESS_KEY_ID / _SECRET) say where and as whom; FC_API_VERSION "
+                    "(or --api) says which API: fc2 for the service s.yaml deploys, fc3 for the "
+                    "FC 3.0 functions template.yml deploys (named <FC_SERVICE>-<function>). "
+                    "By default the "
                     "invocation is synchronous and prints the function's JSON summary; a "
                     "function error exits non-zero, naming the remote error.")
     p.add_argument("function", choices=invoke.FUNCTIONS, help="the function to run")
@@ -35,14 +38,19 @@ def add_parser(subparsers):
     p.add_argument("--poll", type=float, default=10.0, metavar="SECONDS",
                    help="with --wait: seconds between status checks (default 10)")
     p.add_argument("--endpoint", metavar="URL", help="FC endpoint (default: FC_ENDPOINT)")
-    p.add_argument("--service", help="FC service (default: FC_SERVICE, then l2c-backup)")
+    p.add_argument("--service", help="FC service (default: FC_SERVICE, then l2c-backup); "
+                   "with --api fc3 the prefix of the function names")
+    p.add_argument("--api", choices=invoke.API_CHOICES,
+                   help="fc2: FC 2.0 API, functions deployed by s.yaml; fc3: FC 3.0 API, "
+                        "functions deployed by template.yml (default: FC_API_VERSION, then fc2)")
     p.set_defaults(run=run)
 
 
 def run(args):
-    settings = invoke.settings_from_env(endpoint=args.endpoint, service=args.service)
+    settings = invoke.settings_from_env(endpoint=args.endpoint, service=args.service,
+                                        api=getattr(args, "api", None))
     payload = invoke.event_for(args.function, args.kind, args.source, args.event)
-    invoker = invoke.Invoker(settings)
+    invoker = invoke.invoker_for(settings)
     with invoke.quiet_fc2_logs():
         if args.wait:
             task_id = invoke.new_task_id(args.function)
