@@ -2,12 +2,14 @@
 
 Alerts urgently when the newest verified backup of a kind is older than the RPO plus a
 grace period: it catches the timer that never fired and the function that never started,
-failures nobody else reports.
+failures nobody else reports. It also checks that the alert channels and the DR endpoint
+can be reached (l2c_backup.egress): a service without a route out warns in its log and
+through whichever channels still get through, and reports it in its summary.
 """
 import json
 import logging
 
-from l2c_backup import config, logs
+from l2c_backup import config, egress, logs
 from l2c_backup.errors import ConfigInvalid, L2CError, NotCompliant
 from l2c_backup.fc import already_alerted, credentials_from, report_failure
 from l2c_backup.status import HOUR, watchdog
@@ -21,6 +23,7 @@ def handler(event, context):
     request_id = getattr(context, "request_id", "") or ""
     with logs.bound(request_id=request_id, function="watchdog"):
         try:
+            routes = egress.route_alerts(config.environment())
             target, oss = config.storage_target(credentials=credentials_from(context))
             kinds = [k for k in config.environment().get("WATCHDOG_KINDS", "daily,weekly").split(",") if k]
             if not kinds or not set(kinds) <= {"daily", "weekly"}:
@@ -33,4 +36,6 @@ def handler(event, context):
             raise
         if problems:
             raise already_alerted(NotCompliant("; ".join(p for _, p in problems), "see the urgent alert"))
-    return json.dumps({"ok": True, "kinds": kinds})
+    return json.dumps({"ok": True, "kinds": kinds,
+                       "egress": {"checked": [r.setting for r in routes],
+                                  "unreachable": [r.summary() for r in routes if not r.reachable]}})
