@@ -2,6 +2,7 @@
 against one JSON schema at start. An error names the variable and what it must look
 like, and never echoes a value: DATABASE_URL and the keys carry secrets."""
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -93,7 +94,24 @@ def environment(environ=None):
     return {k: v for k, v in (os.environ if environ is None else environ).items() if v != ""}
 
 
+# What Serverless Devs leaves when X is missing from the deployer's .env: the reference
+# itself, as text ("${env.X}" or "${env(X)}"), not an empty value.
+UNRESOLVED = re.compile(r"\$\{\s*env(?:\.([A-Za-z_][A-Za-z0-9_]*)|\(\s*['\"]?([A-Za-z_][A-Za-z0-9_]*)['\"]?\s*\))\s*\}")
+
+
+def check_unresolved(environ):
+    for name in ENV_SCHEMA["properties"]:
+        found = UNRESOLVED.search(environ.get(name, ""))
+        if found:
+            variable = found[1] or found[2]
+            raise ConfigInvalid(
+                f"environment variable {name} is the unresolved text {found[0]}: "
+                f"{variable} was not in .env when the functions were deployed",
+                f"add {variable}= to .env (empty means the default; see .env.example) and deploy again")
+
+
 def check_env(environ):
+    check_unresolved(environ)
     values = {k: environ[k] for k in ENV_SCHEMA["properties"] if k in environ}
     for err in jsonschema.Draft7Validator(ENV_SCHEMA).iter_errors(values):
         name = err.absolute_path[0] if err.absolute_path else "?"
