@@ -6,13 +6,13 @@ import logging
 import sys
 
 from . import __version__, logs
-from .commands import (backup, demo, fc_server, invoke, mirror, oss_server, prune, restore,
-                       setup_oss, status, verify)
+from .commands import (backup, demo, fc_server, invoke, mirror, oss_server, policies, prune,
+                       restore, setup_oss, status, verify)
 from .commands import check_egress
 from .errors import L2CError
 
-COMMANDS = (backup, verify, prune, restore, mirror, status, setup_oss, invoke, demo, oss_server,
-            fc_server)
+COMMANDS = (backup, verify, prune, restore, mirror, status, setup_oss, policies, invoke, demo,
+            oss_server, fc_server)
 COMMANDS += (check_egress,)  # check-egress: alert channels and DR endpoint reachable
 
 
