@@ -14,7 +14,7 @@ import pytest
 
 from alert_receiver import AlertReceiver
 from fc_handlers import fc_context, load_handler
-from l2c_backup import alerts, channels, config, egress
+from l2c_backup import channels, config, egress
 from l2c_backup.storage import open_storage
 
 DINGTALK_TOKEN = "6d1c4a6f2b3e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c"
@@ -91,7 +91,7 @@ def cli(env, *args):
                           capture_output=True, text=True, env=env)
 
 
-def test_cli_check_egress_exits_nonzero_naming_the_unreachable_setting(receiver, closed_port, monkeypatch):
+def test_cli_check_egress_exits_nonzero_naming_the_unreachable_setting(receiver, closed_port):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ALERT_", "OSS_"))}
     bad = cli({**base, **settings(receiver, closed_port)}, "--timeout", "2")
     assert bad.returncode == 1, bad.stderr
