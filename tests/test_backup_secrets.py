@@ -25,6 +25,7 @@ from l2c_backup import config, logs
 from l2c_backup.backup import run_backup
 from l2c_backup.errors import (ConfigInvalid, DatabaseUnreachable, DumpFailed, L2CError,
                                UploadFailed)
+from l2c_local import resolve
 from l2c_local.oss import Fault
 
 FUNCTIONS = pathlib.Path(__file__).resolve().parent.parent / "functions"
@@ -82,11 +83,12 @@ def sts(oss_server):
 
 @pytest.fixture
 def base_env(db_role, sts, oss_server):
-    return {"DATABASE_URL": db_role.url, "OSS_ENDPOINT": oss_server.endpoint,
-            "OSS_BACKUP_BUCKET": "l2c-backups", "OSS_ACCESS_KEY_ID": sts.access_key_id,
-            "OSS_ACCESS_KEY_SECRET": sts.access_key_secret,
-            "OSS_SECURITY_TOKEN": sts.security_token, "UPLOAD_MIN_PART_MB": "1",
-            "PATH": os.environ["PATH"]}
+    return resolve.child_env({  # the CLI subprocess resolves the server's named endpoint
+        "DATABASE_URL": db_role.url, "OSS_ENDPOINT": oss_server.endpoint,
+        "OSS_BACKUP_BUCKET": "l2c-backups", "OSS_ACCESS_KEY_ID": sts.access_key_id,
+        "OSS_ACCESS_KEY_SECRET": sts.access_key_secret,
+        "OSS_SECURITY_TOKEN": sts.security_token, "UPLOAD_MIN_PART_MB": "1",
+        "PATH": os.environ["PATH"]})
 
 
 @pytest.fixture

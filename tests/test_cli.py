@@ -53,7 +53,8 @@ def test_oss_server_command_prints_its_details_serves_oss2_and_keeps_state_acros
     proc, details = start_oss_server(tmp_path / "oss")
     try:
         auth = oss2.Auth(details["access_key_id"], details["access_key_secret"])
-        bucket = oss2.Bucket(auth, details["endpoint"], "l2c-backups")
+        # path style on the IP endpoint above, virtual-hosted on the named one here
+        bucket = oss2.Bucket(auth, details["virtual_hosted_endpoint"], "l2c-backups")
         assert bucket.get_object("db-backups/k").read() == b"kept"
     finally:
         stop(proc)

@@ -10,6 +10,7 @@ from l2c_backup import alerts, config
 from l2c_backup.backup import run_backup
 from l2c_backup.prune import DEFAULT_KEEP, prune, summary
 from l2c_backup.storage import open_storage
+from l2c_local import resolve
 from l2c_local.oss import Fault
 
 DAY = 86400
@@ -115,7 +116,7 @@ def test_cli_dry_run_prints_the_plan_and_deletes_nothing(oss_server):
     storage = oss_storage(oss_server)
     put_daily(storage, range(4))
     cli = [sys.executable, "-m", "l2c_backup.cli", "prune", "--kind", "daily", "--keep", "2"]
-    env = dict(oss_env(oss_server), PATH="/usr/bin:/bin")
+    env = resolve.child_env(dict(oss_env(oss_server), PATH="/usr/bin:/bin"))
     dry = subprocess.run(cli + ["--dry-run", "--json"], capture_output=True, text=True, env=env)
     assert dry.returncode == 0, dry.stderr
     plan = json.loads(dry.stdout)["objects"]

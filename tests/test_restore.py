@@ -15,6 +15,7 @@ from l2c_backup.database import DatabaseSettings
 from l2c_backup.errors import BackupCorrupt, RestoreFailed, RestoreRefused
 from l2c_backup.restore import _filter_for, find_backup, restore
 from l2c_backup.storage import open_storage
+from l2c_local import resolve
 from l2c_local.pgcluster import table_digests
 
 WHEN = datetime(2026, 11, 26, 18, 30, tzinfo=timezone.utc)
@@ -65,7 +66,7 @@ def test_restore_reads_the_dr_bucket_through_the_cli(oss_server, bucket, pg_clus
     for k in (key, key + ".manifest.json"):
         dr.put_object(k, bucket.get_object(k).read())
     bucket.delete_object(key)  # the primary copy is gone: only the DR copy can serve
-    env = dict(env_for(oss_server, pg_cluster, seeded_db), PATH="/usr/bin:/bin")
+    env = resolve.child_env(dict(env_for(oss_server, pg_cluster, seeded_db), PATH="/usr/bin:/bin"))
     result = subprocess.run(
         [sys.executable, "-m", "l2c_backup.cli", "restore", "--date", "2026-11-27",
          "--from", "oss://l2c-backups-dr/db-backups/", "--endpoint", oss_server.endpoint,

@@ -12,6 +12,7 @@ from l2c_backup import alerts, config
 from l2c_backup.errors import NotCompliant
 from l2c_backup.status import GB, monthly_cost, BackupInfo
 from l2c_backup.storage import open_storage
+from l2c_local import resolve
 
 watchdog_fn = load_handler("watchdog")
 HOUR = 3600
@@ -75,7 +76,7 @@ def test_watchdog_alerts_when_a_kind_never_had_a_backup(primary, alerts_sent):
 
 
 def run_status(env, *args):
-    env = dict(env, PATH="/usr/bin:/bin")
+    env = resolve.child_env(dict(env, PATH="/usr/bin:/bin"))
     return subprocess.run([sys.executable, "-m", "l2c_backup.cli", "status", "--json", *args],
                           capture_output=True, text=True, env=env)
 

@@ -30,11 +30,16 @@ def add_parser(subparsers):
 
 
 def run(args):
+    from l2c_local import resolve
     from l2c_local.oss import LocalOSS
 
+    # oss2 reaches the server's named endpoint virtual-hosted, as it reaches Aliyun:
+    # l2c-backups.oss-local.test resolves to 127.0.0.1 inside this process only.
+    resolve.install()
     started = time.monotonic()
     with LocalOSS(buckets=[BUCKET]) as server, _database() as (url, cluster):
-        print(f"local OSS server: {server.endpoint} (bucket {BUCKET})")
+        print(f"local OSS server: {server.endpoint} (bucket {BUCKET}, virtual-hosted: "
+              f"{BUCKET}.{server.hostname} resolves to 127.0.0.1 in this process)")
         for line in check_oss(server):
             print(f"  ok  {line}")
         print(f"database: {_redacted(url)}" + (" (throwaway cluster, seeded)" if cluster else ""))

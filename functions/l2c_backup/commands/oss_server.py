@@ -32,7 +32,10 @@ def run(args):
     except OSError as err:
         raise LocalServiceFailed(f"cannot listen on {args.host} port {args.port}: {err.strerror}",
                                  "pick another --port, or --port 0 for a free one") from None
-    details = {"endpoint": server.endpoint, "region": server.region,
+    # The IP endpoint works from any shell (oss2 uses path style for it); the named one
+    # is virtual-hosted, as on Aliyun, where *.oss-local.test resolves (l2c_local.resolve).
+    details = {"endpoint": server.endpoint_ip, "virtual_hosted_endpoint": server.endpoint,
+               "region": server.region,
                "buckets": server.bucket_names(), "access_key_id": server.access_key_id,
                "access_key_secret": server.access_key_secret,
                "data": args.data or "(temporary)"}
@@ -40,6 +43,8 @@ def run(args):
         print(json.dumps(details), flush=True)
     else:
         print(f"local OSS server listening on {details['endpoint']}\n"
+              f"  virtual-hosted:    {details['virtual_hosted_endpoint']}  (where *.oss-local.test "
+              "resolves to 127.0.0.1; see scripts/l2c_local/oss/README.md)\n"
               f"  region:            {details['region']}\n"
               f"  buckets:           {', '.join(details['buckets'])}\n"
               f"  access key id:     {details['access_key_id']}\n"

@@ -1,6 +1,7 @@
 """Run at interpreter start when this folder is on PYTHONPATH (see l2c_local/resolve.py):
 maps `*.oss-local.test` to 127.0.0.1 in a subprocess the tests start, then hands over
 to any other sitecustomize the interpreter would have run."""
+import importlib.machinery
 import importlib.util
 import os
 import sys
