@@ -11,9 +11,8 @@ from .commands import (backup, demo, fc_server, invoke, mirror, oss_server, poli
 from .commands import check_egress
 from .errors import L2CError
 
-COMMANDS = (backup, verify, prune, restore, mirror, status, setup_oss, policies, invoke, demo,
-            oss_server, fc_server)
-COMMANDS += (check_egress,)  # check-egress: alert channels and DR endpoint reachable
+COMMANDS = (backup, verify, prune, restore, mirror, status, setup_oss, policies, check_egress,
+            invoke, demo, oss_server, fc_server)
 
 
 def build_parser():
