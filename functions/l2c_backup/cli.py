@@ -6,9 +6,8 @@ import logging
 import sys
 
 from . import __version__, logs
-from .commands import (backup, demo, fc_server, invoke, mirror, oss_server, policies, prune,
-                       restore, setup_oss, status, verify)
-from .commands import check_egress
+from .commands import (backup, check_egress, demo, fc_server, invoke, mirror, oss_server,
+                       policies, prune, restore, setup_oss, status, verify)
 from .errors import L2CError
 
 COMMANDS = (backup, verify, prune, restore, mirror, status, setup_oss, policies, check_egress,
