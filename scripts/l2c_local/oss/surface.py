@@ -29,6 +29,7 @@ OPERATIONS = {
     ("bucket", "PUT", ""): (NONE, {"x-oss-acl"}),
     ("bucket", "DELETE", ""): (NONE, NONE),
     ("bucket", "GET", "bucketInfo"): (NONE, NONE),
+    ("bucket", "GET", "live"): (NONE, NONE),  # ListLiveChannel: always empty (none can be made)
     ("bucket", "GET", "location"): (NONE, NONE),
     ("bucket", "GET", "versioning"): (NONE, NONE),
     ("bucket", "PUT", "versioning"): (NONE, NONE),
