@@ -587,7 +587,8 @@ class Handler(BaseHTTPRequestHandler):
             self._not_allowed()
         root = xmlbody.parse(self.read_body(), "Delete")
         quiet = root.findtext("Quiet", "false").lower() == "true"
-        wanted = [(o.findtext("Key", ""), o.findtext("VersionId")) for o in root.iter("Object")]
+        wanted = [(o.findtext("Key", ""), validate.version_id(o.findtext("VersionId")))
+                  for o in root.iter("Object")]
         if len(wanted) > 1000:
             raise OSSError(400, "MalformedXML", "At most 1000 objects can be deleted at once.")
         store, enc = self.oss.store, xmlbody.encoder(self.params)

@@ -216,9 +216,8 @@ class Store:
             if bucket.objects or bucket.uploads:
                 raise OSSError(409, "BucketNotEmpty", "The bucket you tried to delete is not empty.",
                                "0015-00000301", extra={"BucketName": name})
-            if self._worm_active(bucket):
-                raise OSSError(409, "WORMConfigurationLocked",
-                               "The bucket has a retention policy and cannot be deleted.")
+            # An empty bucket can be deleted, retention policy and all (OSS AbortBucketWorm
+            # usage notes); its objects are what a policy protects.
             del self.buckets[name]
             self.save()
 
@@ -302,7 +301,8 @@ class Store:
         with self.lock:
             worm = self._worm_by_id(self.bucket(name), worm_id)
             if worm["state"] != "Locked":
-                raise OSSError(409, "WORMConfigurationNotLocked", "Only a locked policy can be extended.")
+                raise OSSError(400, "InvalidWORMConfiguration", "Only a locked retention policy "
+                               "can be extended.")
             if days <= worm["days"] or days > 25550:
                 raise OSSError(400, "InvalidWORMConfiguration",
                                "The new retention period must be longer than the current one.")

@@ -12,7 +12,12 @@ from .store import OSSError
 SUB_RESOURCES = frozenset(ProviderAuth._subresource_key_set)
 
 # Parameters in that set that refine an operation rather than name one.
-QUALIFIERS = frozenset({"versionId", "partNumber", "comp", "wormExtend", "continuation-token"})
+# GetObject's response-* parameters override response headers (server.RESPONSE_OVERRIDES).
+RESPONSE_PARAMETERS = frozenset(f"response-{name}" for name in (
+    "content-type", "content-language", "expires", "cache-control", "content-disposition",
+    "content-encoding"))
+QUALIFIERS = frozenset({"versionId", "partNumber", "comp", "wormExtend", "continuation-token"}
+                       | RESPONSE_PARAMETERS)
 
 ALWAYS_HONOURED = frozenset({"x-oss-date", "x-oss-security-token", "x-oss-content-sha256"})
 OBJECT_WRITE = frozenset({"x-oss-tagging", "x-oss-forbid-overwrite", "x-oss-server-side-encryption",
@@ -44,7 +49,7 @@ OPERATIONS = {
     ("bucket", "POST", "replication"): ({"comp"}, NONE),
     **{("bucket", method, kind): (NONE, NONE) for kind in ("lifecycle", "policy", "encryption", "tagging")
        for method in ("GET", "PUT", "DELETE")},
-    ("object", "GET", ""): ({"versionId"}, NONE),
+    ("object", "GET", ""): ({"versionId"} | RESPONSE_PARAMETERS, NONE),
     ("object", "HEAD", ""): ({"versionId"}, NONE),
     ("object", "HEAD", "objectMeta"): ({"versionId"}, NONE),  # GetObjectMeta
     ("object", "PUT", ""): (NONE, OBJECT_WRITE),  # PutObject; CopyObject when x-oss-copy-source
