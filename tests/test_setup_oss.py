@@ -9,7 +9,7 @@ import pytest
 from oss2.models import (BucketLifecycle, BucketVersioningConfig, LifecycleExpiration, LifecycleRule,
                          ReplicationRule, StorageTransition)
 
-from l2c_backup import oss_setup
+from l2c_backup import oss_setup, policies
 from l2c_backup.commands import setup_oss
 from l2c_local.oss import Fault
 from oss_fixtures import BUCKET, bucket_for
@@ -341,25 +341,26 @@ def test_policy_template_placeholders_are_filled_and_a_missing_one_blocks_only_t
     assert statement["Condition"]["StringEquals"]["acs:SourceVpc"] == [VPC]
 
 
-def test_without_a_policy_file_the_built_in_policy_follows_plan_8(oss_server, env, capsys, monkeypatch):
-    monkeypatch.setattr(oss_setup, "POLICY_FILES", ())
+def test_without_a_policy_file_the_policy_is_the_one_policies_prints_for_the_prefix_in_force(
+        oss_server, env, capsys, monkeypatch):
+    monkeypatch.setenv("OSS_BACKUP_PREFIX", "pg/backups/")
     monkeypatch.delenv("ROLE_PRINCIPAL")
     monkeypatch.setenv("ROLE_NAME", "l2c-backup-fc")
 
     out = setup(capsys)
 
-    assert "set from built in (PLAN §8)" in out
-    policy = json.loads(bucket_for(oss_server).get_bucket_policy().policy)
-    objects, listing = policy["Statement"]
-    assert objects["Principal"] == listing["Principal"] == [PRINCIPAL]
-    assert objects["Resource"] == [f"acs:oss:*:{ACCOUNT}:{BUCKET}/db-backups/*"]
-    assert set(objects["Action"]) == {"oss:PutObject", "oss:GetObject", "oss:DeleteObject",
-                                      "oss:PutObjectTagging", "oss:GetObjectTagging",
-                                      "oss:AbortMultipartUpload", "oss:ListParts"}
-    assert objects["Condition"] == {"IpAddress": {"acs:SourceIp": [SERVER_IP]}}
-    assert listing["Action"] == ["oss:ListObjects"]
-    assert listing["Condition"]["StringLike"] == {"oss:Prefix": ["db-backups/*"]}
-    assert listing["Condition"]["IpAddress"] == {"acs:SourceIp": [SERVER_IP]}
+    assert "set from l2c-backup policies --kind bucket" in out
+    applied = json.loads(bucket_for(oss_server).get_bucket_policy().policy)
+    printed = policies.bucket_policy(policies.settings_from_env())
+    assert applied == printed
+    for statement in applied["Statement"]:
+        assert statement["Principal"] == [PRINCIPAL]
+        assert statement["Resource"] == [f"acs:oss:*:{ACCOUNT}:{BUCKET}/pg/backups/*"]
+        assert set(statement["Action"]) == {"oss:PutObject", "oss:GetObject", "oss:DeleteObject",
+                                            "oss:PutObjectTagging", "oss:GetObjectTagging",
+                                            "oss:AbortMultipartUpload", "oss:ListParts"}
+    assert [st["Condition"] for st in applied["Statement"]] == [
+        {"StringEquals": {"acs:SourceVpc": [VPC]}}, {"IpAddress": {"acs:SourceIp": [SERVER_IP]}}]
 
 
 def test_a_different_replication_rule_is_reported_not_duplicated(oss_server, env, capsys):

@@ -57,8 +57,6 @@ ABORT_MULTIPART_DAYS = 7  # orphan parts are billed and invisible in listings
 WORM_MAX_DAYS = 25550  # 70 years, OSS's limit
 # Where the policy template is looked for when BUCKET_POLICY_FILE is not set: the
 # current directory, then the repository (functions/l2c_backup/ -> ../../deploy/).
-POLICY_FILES = (Path("deploy/bucket-policy.json"),
-                Path(__file__).resolve().parents[2] / "deploy" / "bucket-policy.json")
 # The object actions the backup role needs on `bucket/prefix*` (storage/oss.py: put,
 # multipart upload (PutObject), head/get, delete, tagging; abort on failure).
 OBJECT_ACTIONS = ["oss:PutObject", "oss:GetObject", "oss:DeleteObject", "oss:PutObjectTagging",
@@ -229,37 +227,32 @@ def _substitute(node, values, missing):
 
 
 def _desired_policy(environ, d):
+    """The bucket policy to apply: BUCKET_POLICY_FILE's template when set, else the one
+    `l2c-backup policies --kind bucket` prints for these settings (one source, so the
+    prefix and buckets in force are the ones the policy names); ${NAME} filled from the
+    environment, and a value still missing blocks only the policy."""
+    from . import policies  # it builds on this module's statement
     values = _policy_values(environ, d)
     path = environ.get("BUCKET_POLICY_FILE")
-    if not path:
-        path = next((str(p) for p in POLICY_FILES if p.is_file()), None)
     if path:
         try:
             template = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise ConfigInvalid(f"cannot read the bucket policy {path}: {exc}",
                                 "fix BUCKET_POLICY_FILE or the file") from None
-        missing = set()
-        policy = _substitute(template, values, missing)
         d.policy_source = path
-        if missing:
-            d.policy_problem = (f"{path} needs {', '.join('${%s}' % m for m in sorted(missing))}: "
-                                f"set {', '.join(sorted(missing))}")
-            return
-        d.policy = policy
+    else:
+        settings = policies.settings_from_env(dict(environ, OSS_BACKUP_BUCKET=d.backup_bucket,
+                                                   OSS_BACKUP_PREFIX=d.prefix))
+        template = policies.bucket_policy(settings)
+        d.policy_source = "l2c-backup policies --kind bucket"
+    missing = set()
+    policy = _substitute(template, values, missing)
+    if missing:
+        d.policy_problem = (f"{d.policy_source} needs {', '.join('${%s}' % m for m in sorted(missing))}: "
+                            f"set {', '.join(sorted(missing))}")
         return
-    d.policy_source = "built in (PLAN §8)"
-    if not values.get("ACCOUNT_ID") or not values.get("ROLE_PRINCIPAL"):
-        d.policy_problem = ("the bucket policy names the backup role: set ACCOUNT_ID (the Aliyun "
-                            "account id) and ROLE_NAME (the RAM role the backup runs as) or "
-                            "ROLE_PRINCIPAL")
-        return
-    d.policy = default_policy(d.backup_bucket, d.prefix, values["ACCOUNT_ID"], values["ROLE_PRINCIPAL"],
-                              values.get("SERVER_IP", ""))
-    if not values.get("SERVER_IP"):
-        d.notes.append(Note(f"{d.backup_bucket} policy", "info",
-                            "SERVER_IP is not set: the policy does not limit source IPs (PLAN §8 "
-                            "wants the server's IP; FC without a fixed egress IP cannot have one)"))
+    d.policy = policy
 
 
 def default_policy(bucket, prefix, account_id, principal, server_ip=""):
