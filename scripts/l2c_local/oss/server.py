@@ -768,10 +768,11 @@ class Handler(BaseHTTPRequestHandler):
     def _check_conditions(self, version):
         """If-Match / If-Unmodified-Since (412), If-None-Match / If-Modified-Since (304), in
         the order of RFC 7232 section 6."""
-        etag, modified = f'"{version.etag}"', int(version.last_modified)
+        etag, modified = version.etag, int(version.last_modified)
 
         def etags(header):
-            return {t.strip() for t in self.headers[header].split(",")}
+            # OSS matches an ETag quoted or bare (oss2's resumable download sends it bare).
+            return {t.strip().strip('"') for t in self.headers[header].split(",")}
 
         def since(header):
             try:
@@ -791,7 +792,7 @@ class Handler(BaseHTTPRequestHandler):
                 failed.extra["Condition"] = "If-Unmodified-Since"
                 raise failed
         not_modified = OSSError(304, "NotModified", "", headers={
-            "ETag": etag, "Last-Modified": formatdate(version.last_modified, usegmt=True)})
+            "ETag": f'"{etag}"', "Last-Modified": formatdate(version.last_modified, usegmt=True)})
         if "If-None-Match" in self.headers:
             if etags("If-None-Match") & {etag, "*"}:
                 raise not_modified
