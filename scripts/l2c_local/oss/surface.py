@@ -20,8 +20,9 @@ QUALIFIERS = frozenset({"versionId", "partNumber", "comp", "wormExtend", "contin
                        | RESPONSE_PARAMETERS)
 
 ALWAYS_HONOURED = frozenset({"x-oss-date", "x-oss-security-token", "x-oss-content-sha256"})
-OBJECT_WRITE = frozenset({"x-oss-tagging", "x-oss-forbid-overwrite", "x-oss-server-side-encryption",
-                          "x-oss-server-side-encryption-key-id", "x-oss-server-side-data-encryption"})
+SERVER_SIDE_ENCRYPTION = frozenset({"x-oss-server-side-encryption", "x-oss-server-side-encryption-key-id",
+                                    "x-oss-server-side-data-encryption"})
+OBJECT_WRITE = frozenset({"x-oss-tagging", "x-oss-forbid-overwrite"}) | SERVER_SIDE_ENCRYPTION
 COPY = OBJECT_WRITE | {"x-oss-copy-source", "x-oss-metadata-directive", "x-oss-tagging-directive"}
 CONDITIONS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
 
@@ -59,7 +60,11 @@ OPERATIONS = {
     ("object", "DELETE", "tagging"): ({"versionId"}, NONE),
     ("object", "POST", "uploads"): (NONE, OBJECT_WRITE),
     ("object", "PUT", "uploadId"): ({"partNumber"}, NONE),
-    ("object", "POST", "uploadId"): (NONE, {"x-oss-complete-all", "x-oss-forbid-overwrite"}),
+    # CompleteMultipartUpload: OSS documents no SSE headers here, but oss2 callers (L2C
+    # among them) pass the initiate's headers again; they are taken and ignored, the
+    # object keeps the encryption its upload was initiated with.
+    ("object", "POST", "uploadId"): (NONE, {"x-oss-complete-all", "x-oss-forbid-overwrite",
+                                            *SERVER_SIDE_ENCRYPTION}),
     ("object", "DELETE", "uploadId"): (NONE, NONE),
     ("object", "GET", "uploadId"): (NONE, NONE),
 }
