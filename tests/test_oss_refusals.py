@@ -69,10 +69,16 @@ def test_an_unknown_x_oss_header_on_put_is_refused_and_stores_nothing(bucket):
     assert not bucket.object_exists(KEY)
 
 
-def test_response_header_overrides_on_get_are_refused(bucket):
+def test_image_processing_on_get_is_refused_not_answered_with_the_plain_bytes(bucket):
     bucket.put_object(KEY, BODY)
 
-    refused(lambda: bucket.get_object(KEY, params={"response-content-type": "text/plain"}))
+    refused(lambda: bucket.get_object(KEY, process="image/resize,w_100"))
+
+
+def test_getting_one_part_of_an_object_is_refused(bucket):
+    bucket.put_object(KEY, BODY)
+
+    refused(lambda: bucket.get_object(KEY, params={"partNumber": "1"}))
 
 
 def test_conditional_headers_on_put_are_refused_as_oss_refuses_them(bucket):
