@@ -109,7 +109,7 @@ def test_an_unknown_version_id_is_no_such_version_everywhere(versioned):
     assert (head.value.status, head.value.code) == (404, "NoSuchVersion")
 
 
-@pytest.mark.parametrize("version_id", ["", "%%%QNRiBg", "not a version"])
+@pytest.mark.parametrize("version_id", ["", "%%%QNRiBg", "not a version", "234"])
 def test_a_malformed_version_id_is_invalid_argument(versioned, version_id):
     versioned.put_object(KEY, b"x")
 
