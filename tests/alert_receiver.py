@@ -18,6 +18,8 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
+import pytest
+
 
 @dataclass
 class Captured:
@@ -138,3 +140,12 @@ class AlertReceiver:
             handler.wfile.write(data)
         except OSError:  # the client gave up waiting (a timeout test)
             pass
+
+
+@pytest.fixture
+def receiver():
+    """A running AlertReceiver for one test (a test file may override it, e.g. with a
+    DingTalk secret)."""
+    server = AlertReceiver().start()
+    yield server
+    server.stop()

@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 
 import pytest
 
-from alert_receiver import AlertReceiver
 from fc_handlers import fc_context, load_handler
 from l2c_backup import channels, config, egress
 from l2c_backup.storage import open_storage
@@ -22,13 +21,6 @@ SLACK_TOKEN = "xoxbHookT0k3nZ9qW8eR7tY6u"
 WECOM_KEY = "693a91f6-7xxx-4bc4-97a0-0ec2sifa5aaa"
 SECRETS = (DINGTALK_TOKEN, SLACK_TOKEN, WECOM_KEY, "T0AAAA", "B0BBBB")
 watchdog_fn = load_handler("watchdog")
-
-
-@pytest.fixture
-def receiver():
-    server = AlertReceiver().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(autouse=True)

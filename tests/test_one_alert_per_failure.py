@@ -13,7 +13,6 @@ from pathlib import Path
 import fc2
 import pytest
 
-from alert_receiver import AlertReceiver
 from l2c_backup import channels
 from l2c_backup.fc import ALERTED_MARK
 from l2c_local.fc import FunctionSpec, LocalFC
@@ -21,13 +20,6 @@ from l2c_local.fc import FunctionSpec, LocalFC
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
 ROLE = ("STS.role-key", "role-secret", "role-token")
 SLACK_TOKEN = "xoxbHookT0k3nZ9qW8eR7tY6u"
-
-
-@pytest.fixture
-def receiver():
-    server = AlertReceiver().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -193,26 +193,39 @@ class Invoker:
         self.sleep, self.clock = sleep, clock
 
     # -- the calls --------------------------------------------------------------------
+    def function_name(self, function):
+        return function
+
     def function_timeout(self, function):
         """The function's timeout in seconds (GetFunction), or None when not allowed."""
         try:
-            data = self._call(function, "read the configuration of",
-                              lambda: self.client.get_function(self.settings.service, function),
-                              CONNECT_TIMEOUT_SECONDS * 3).data
+            data = self._function_config(function)
         except ConfigInvalid as err:
             if getattr(err, "fc_code", "") == "AccessDenied":
                 log.warning("not allowed to read the %s function's timeout (fc:GetFunction); "
-                            "waiting up to %d s", function, FALLBACK_TIMEOUT_SECONDS)
+                            "waiting up to %d s", self.function_name(function),
+                            FALLBACK_TIMEOUT_SECONDS)
                 return None
             raise
         return int(data.get("timeout") or 0) or None
 
+    def _function_config(self, function):
+        return self._call(function, "read the configuration of",
+                          lambda: self.client.get_function(self.settings.service, function),
+                          CONNECT_TIMEOUT_SECONDS * 3).data
+
+    def _sync_timeout(self, function, timeout):
+        """How long to wait for a sync run: as asked, else the function's own timeout
+        and a margin, else the fallback."""
+        if timeout is not None:
+            return timeout
+        function_timeout = self.function_timeout(function)
+        return (function_timeout + TIMEOUT_MARGIN_SECONDS if function_timeout
+                else FALLBACK_TIMEOUT_SECONDS)
+
     def invoke_sync(self, function, payload, timeout=None):
         """Runs the function and returns (request id, body bytes)."""
-        if timeout is None:
-            function_timeout = self.function_timeout(function)
-            timeout = (function_timeout + TIMEOUT_MARGIN_SECONDS if function_timeout
-                       else FALLBACK_TIMEOUT_SECONDS)
+        timeout = self._sync_timeout(function, timeout)
         response = self._call(function, "invoke", lambda: self.client.invoke_function(
             self.settings.service, function, payload=payload,
             headers={"x-fc-invocation-type": "Sync"}), timeout)
@@ -350,25 +363,14 @@ class FC3Invoker(Invoker):
     def function_name(self, function):
         return f"{self.settings.service}-{function}"
 
-    def function_timeout(self, function):
+    def _function_config(self, function):
         name = self.function_name(function)
-        try:
-            data = self._call(function, "read the configuration of",
-                              lambda t: self.client.get_function(name, timeout=t),
-                              CONNECT_TIMEOUT_SECONDS * 3)
-        except ConfigInvalid as err:
-            if getattr(err, "fc_code", "") == "AccessDenied":
-                log.warning("not allowed to read the %s function's timeout (fc:GetFunction); "
-                            "waiting up to %d s", name, FALLBACK_TIMEOUT_SECONDS)
-                return None
-            raise
-        return int(data.get("timeout") or 0) or None
+        return self._call(function, "read the configuration of",
+                          lambda t: self.client.get_function(name, timeout=t),
+                          CONNECT_TIMEOUT_SECONDS * 3)
 
     def invoke_sync(self, function, payload, timeout=None):
-        if timeout is None:
-            function_timeout = self.function_timeout(function)
-            timeout = (function_timeout + TIMEOUT_MARGIN_SECONDS if function_timeout
-                       else FALLBACK_TIMEOUT_SECONDS)
+        timeout = self._sync_timeout(function, timeout)
         name = self.function_name(function)
         response = self._call(function, "invoke", lambda t: self.client.invoke_function(
             name, payload, "Sync", timeout=t), timeout)
