@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import jsonschema
@@ -241,3 +242,22 @@ def test_the_s_yaml_before_issue_11_fails_these_checks(deployer):
     assert spec_errors(got["services"]["backup"]["props"])  # vpcConfig ids are not ids
     with pytest.raises(ConfigInvalid, match="unresolved text"):
         config.load(environ, credentials=("sample-id", "sample-secret", ""))
+
+
+def test_the_code_package_serverless_devs_zips_leaves_caches_out_and_keeps_every_module(tmp_path):
+    """functions/.fcignore, read by Serverless Devs' own zipper as `s deploy` uploads codeUri."""
+    code = tmp_path / "functions"
+    shutil.copytree(ROOT / "functions", code)
+    (code / "l2c_backup" / "__pycache__").mkdir(exist_ok=True)
+    (code / "l2c_backup" / "__pycache__" / "config.cpython-310.pyc").write_bytes(b"\x6f\x0d")
+    (code / "stale.pyc").write_bytes(b"\x6f\x0d")
+
+    done = subprocess.run(["node", str(SDEVS / "zip-code.js"), str(code), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    names = zipfile.ZipFile(done.stdout.strip().splitlines()[-1]).namelist()
+
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    for handler in ("backup", "verify", "drill", "watchdog", "alert"):
+        assert f"{handler}.py" in names
+    assert "l2c_backup/storage/__init__.py" in names
