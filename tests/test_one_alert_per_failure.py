@@ -131,3 +131,16 @@ def test_failures_the_function_could_not_report_are_alerted_exactly_once(
     assert alert.body["details"] == {"function": "backup", "request_id": "req-lost", "attempts": 1}
     assert len(receiver.to("slack")) == 1
     assert SLACK_TOKEN not in json.dumps(alert.body)
+
+
+def test_a_failure_whose_own_alert_reached_no_channel_is_left_to_the_destination(oss_server, receiver):
+    for channel in ("webhook", "slack"):  # every attempt of the function's own alert fails
+        receiver.fail(channel, status=503, times=channels.ATTEMPTS)
+    with LocalFC(FUNCTIONS, env=service_env(oss_server, receiver), role_credentials=ROLE) as fc:
+        failed, outcome = fail_then_destination(fc, "backup", b'{"kind": "manual"}')
+
+    assert failed.error["errorType"] == "DatabaseUnreachable"
+    assert not failed.error["errorMessage"].startswith(ALERTED_MARK)
+    assert outcome == {"alerted": "backup"}
+    delivered = receiver.to("webhook")[channels.ATTEMPTS:]
+    assert [a.body["details"]["request_id"] for a in delivered] == [failed.request_id]

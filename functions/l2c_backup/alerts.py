@@ -88,14 +88,33 @@ def remove_sink(sink):
         _sinks.remove(sink)
 
 
+# Alerts that no routed channel took, until fc.already_alerted takes them: a failure whose
+# own alert never went out must be left to the failure destination, not marked as sent.
+_undelivered = []
+
+
 def send(alert):
+    """Logs and delivers one alert. True when it went out (or had no channel to go to, or
+    was held back as a repeat of one that went out); False when every channel failed."""
     log.log(LEVELS.get(alert.severity, logging.ERROR), "alert (%s): %s", alert.severity, alert.text())
     try:
-        channels.deliver(alert)
+        results = channels.deliver(alert)
     except Exception as exc:  # deliver() catches its own failures; this is the last guard
         log.error("alert channels failed: %s: %s", type(exc).__name__, redact(str(exc)))
+        results = {"deliver": False}
+    delivered = not results or any(results.values())
+    if not delivered:
+        _undelivered.append(alert)
     for sink in list(_sinks):
         try:
             sink(alert)
         except Exception as exc:  # a broken channel is logged, never fatal
             log.warning("alert sink %r failed: %s", sink, exc)
+    return delivered
+
+
+def take_undelivered():
+    """The alerts no channel took since the last call; forgets them."""
+    taken = list(_undelivered)
+    _undelivered.clear()
+    return taken

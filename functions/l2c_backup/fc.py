@@ -1,4 +1,5 @@
 """What every FC handler needs from the runtime's context, and how its failures are reported."""
+import logging
 
 # One urgent alert per failure. A handler alerts its own failures (it knows what failed and
 # why), then raises so FC records the invocation as failed; FC then hands the failed async
@@ -33,8 +34,16 @@ def report_failure(log, function, err):
 
 def already_alerted(err):
     """Marks an error raised after its alert went out: report_failure stays quiet, and its
-    message starts with ALERTED_MARK so the failure destination does too."""
+    message starts with ALERTED_MARK so the failure destination does too. When an alert of
+    this run reached no channel, the mark is left off: the destination alerts it, a second
+    chance from another instance, rather than nobody."""
+    from . import alerts
     err.alerted = True
+    if alerts.take_undelivered():
+        logging.getLogger(__name__).warning(
+            "the alert of this failure reached no channel; the alert function (FC's failure "
+            "destination) will send it")
+        return err
     if err.args and not str(err.args[0]).startswith(ALERTED_MARK):
         err.args = (f"{ALERTED_MARK} {err.args[0]}",) + tuple(err.args[1:])
     return err
