@@ -263,7 +263,7 @@ def test_wrong_dingtalk_secret_is_retried_logged_and_send_still_returns(receiver
     sent = []
     sink = alerts.add_sink(sent.append)
     try:
-        assert alerts.send(BACKUP_FAILED) is None
+        assert alerts.send(BACKUP_FAILED) is False  # returns, saying it did not go out
     finally:
         alerts.remove_sink(sink)
     assert sent == [BACKUP_FAILED]  # the rest of send() ran
@@ -322,7 +322,7 @@ def test_nothing_listening_is_a_logged_failure(caplog):
 def test_a_sender_that_raises_something_unexpected_is_contained(receiver, monkeypatch, caplog):
     configure(environ(receiver, "slack"))
     monkeypatch.setattr(channels.Slack, "payload", lambda self, message: 1 / 0)
-    assert alerts.send(BACKUP_FAILED) is None
+    assert alerts.send(BACKUP_FAILED) is False
     assert "alert to slack: attempt 1 of 3 failed: ZeroDivisionError" in caplog.text
 
 
