@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from . import channels
 from .channels import configure  # noqa: F401  (alerts.configure(environ) for tests and tools)
-from .logs import redact
+from .logs import bound_value, redact
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,9 @@ def remove_sink(sink):
         _sinks.remove(sink)
 
 
-# Alerts that no routed channel took, until fc.already_alerted takes them: a failure whose
-# own alert never went out must be left to the failure destination, not marked as sent.
+# (request id, alert) of alerts that no routed channel took, until fc.already_alerted takes
+# those of its run: a failure whose own alert never went out must be left to the failure
+# destination, not marked as sent.
 _undelivered = []
 
 
@@ -104,7 +105,7 @@ def send(alert):
         results = {"deliver": False}
     delivered = not results or any(results.values())
     if not delivered:
-        _undelivered.append(alert)
+        _undelivered.append((bound_value("request_id"), alert))
     for sink in list(_sinks):
         try:
             sink(alert)
@@ -114,7 +115,9 @@ def send(alert):
 
 
 def take_undelivered():
-    """The alerts no channel took since the last call; forgets them."""
-    taken = list(_undelivered)
+    """The alerts of this run (its request id) that no channel took; forgets them all,
+    since an earlier run's are no longer anyone's to report."""
+    request_id = bound_value("request_id")
+    taken = [alert for rid, alert in _undelivered if rid == request_id]
     _undelivered.clear()
     return taken

@@ -21,6 +21,11 @@ def bound(**keys):
         _context.reset(token)
 
 
+def bound_value(key):
+    """A key bound by the enclosing `bound` blocks (e.g. the request id), or None."""
+    return _context.get().get(key)
+
+
 def register_secret(*values):
     """Values that must never appear in a log line (passwords, keys, tokens)."""
     _secrets.update(v for v in values if v and len(v) >= 4)
