@@ -30,7 +30,6 @@ does), so a pruned backup becomes a noncurrent version in both buckets and the
 lifecycle rule on each bucket removes it NONCURRENT_VERSION_DAYS later: the DR copy's
 retention is its own lifecycle, not the primary's deletes.
 """
-import copy
 import json
 import re
 import string
@@ -253,26 +252,6 @@ def _desired_policy(environ, d):
                             f"set {', '.join(sorted(missing))}")
         return
     d.policy = policy
-
-
-def default_policy(bucket, prefix, account_id, principal, server_ip=""):
-    """PLAN §8: only the backup role may put, get and delete under `bucket/prefix`, and
-    (with `server_ip`, comma-separated IPs or CIDRs) only from there. An Allow in a
-    bucket policy adds to RAM; keeping others out is the RAM side (deploy/ram-policy.json)."""
-    principal = [principal]
-    ip_condition = {}
-    if server_ip:
-        ip_condition = {"IpAddress": {"acs:SourceIp": [ip.strip() for ip in server_ip.split(",")
-                                                       if ip.strip()]}}
-    objects = {"Effect": "Allow", "Principal": principal, "Action": list(OBJECT_ACTIONS),
-               "Resource": [f"acs:oss:*:{account_id}:{bucket}/{prefix}*"]}
-    listing = {"Effect": "Allow", "Principal": principal, "Action": ["oss:ListObjects"],
-               "Resource": [f"acs:oss:*:{account_id}:{bucket}"],
-               "Condition": {"StringLike": {"oss:Prefix": [f"{prefix}*"]}}}
-    if ip_condition:
-        objects["Condition"] = copy.deepcopy(ip_condition)
-        listing["Condition"].update(copy.deepcopy(ip_condition))
-    return {"Version": "1", "Statement": [objects, listing]}
 
 
 def normalize_policy(policy):

@@ -22,13 +22,12 @@ What the role needs is what the code calls (storage/oss.py, verify, prune, drill
   upload's initiation) and kms:Decrypt (reads, and completing a multipart upload), on
   OSS_SSE_KMS_KEY_ID when given, else on the account's keys in the region.
 """
-import copy
 import json
 import re
 from dataclasses import dataclass
 
 from . import config
-from .oss_setup import OBJECT_ACTIONS, default_policy, role_principal
+from .oss_setup import OBJECT_ACTIONS, role_principal
 
 DEFAULT_PREFIX = "db-backups/"
 DEFAULT_REGION = "cn-hangzhou"
@@ -132,17 +131,16 @@ def trust_policy(s):
 
 def bucket_policy(s):
     """PLAN §8 on the backup bucket: the backup role may put, get and delete under the
-    prefix from the functions' VPC or from the server's IP. Built from setup-oss's own
-    statement (oss_setup.default_policy), once per allowed source. Allow only: a Deny
-    on `*` would also bind the bucket owner and OSS's replication reads. Listing is
-    RAM's (ram_policy), not repeated here."""
-    def objects(server_ip=""):
-        built = default_policy(s.bucket, s.prefix, s.account_id, s.role_principal, server_ip)
-        statement = next(st for st in built["Statement"] if st["Action"] == OBJECT_ACTIONS)
-        return dict(statement, Principal=[s.role_principal])  # OSS's form: a list
-    from_vpc = copy.deepcopy(objects())
-    from_vpc["Condition"] = {"StringEquals": {"acs:SourceVpc": [s.vpc_id]}}
-    return {"Version": "1", "Statement": [from_vpc, objects(s.server_ip)]}
+    prefix from the functions' VPC or from the server's IP (comma-separated IPs or
+    CIDRs). Allow only: a Deny on `*` would also bind the bucket owner and OSS's
+    replication reads. Listing is RAM's (ram_policy), not repeated here."""
+    def objects(condition):
+        return {"Effect": "Allow", "Principal": [s.role_principal], "Action": list(OBJECT_ACTIONS),
+                "Resource": [_oss(s, s.bucket, f"{s.prefix}*")], "Condition": condition}
+    ips = [ip.strip() for ip in s.server_ip.split(",") if ip.strip()]
+    return {"Version": "1", "Statement": [
+        objects({"StringEquals": {"acs:SourceVpc": [s.vpc_id]}}),
+        objects({"IpAddress": {"acs:SourceIp": ips}})]}
 
 
 BUILDERS = {"ram": ram_policy, "trust": trust_policy, "bucket": bucket_policy}
