@@ -4,8 +4,8 @@ A request names its bucket as OSS does: in the Host header (`<bucket>.oss-local.
 virtual-hosted, how oss2 addresses every named endpoint), or in the path
 (`/bucket/url-encoded-key`) when the Host is an IP or localhost, how oss2 addresses those.
 Each is matched against scripted faults, authenticated, checked against what this server
-implements (surface.py) and what OSS refuses (validate.py), then served from the Store. Bodies are streamed to and from blob files, so large backups
-pass through with flat memory.
+implements (surface.py) and what OSS refuses (validate.py), then served from the Store.
+Bodies are streamed to and from blob files, so large backups pass through with flat memory.
 """
 import base64
 import ipaddress
