@@ -9,6 +9,7 @@ from . import __version__, logs
 from .commands import (backup, check_egress, demo, fc_server, invoke, mirror, oss_server,
                        policies, prune, restore, setup_oss, status, verify)
 from .errors import L2CError
+from .signals import Stopped, stop_on_signals
 
 COMMANDS = (backup, verify, prune, restore, mirror, status, setup_oss, policies, check_egress,
             invoke, demo, oss_server, fc_server)
@@ -31,10 +32,15 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logs.setup(json_lines=args.log_json, level=logging.DEBUG if args.verbose else logging.INFO)
     try:
-        return args.run(args) or 0
+        with stop_on_signals():
+            return args.run(args) or 0
     except L2CError as err:
         print(f"l2c-backup {args.command}: {logs.redact(str(err))}", file=sys.stderr)
         return err.exit_code
+    except Stopped as stop:
+        print(f"l2c-backup {args.command}: {stop}; what was in progress was undone",
+              file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         return 130
 
