@@ -99,3 +99,10 @@ class InvocationFailed(L2CError):
 class SetupFailed(L2CError):
     """A set-up step failed: OSS refused a change (names the step and OSS's answer)."""
     exit_code = 19
+
+
+class StorageFailed(L2CError):
+    """The backup storage (OSS or a directory) refused or could not be reached: names
+    endpoint, bucket and key (or prefix), and what to do. Raised after the retries."""
+    exit_code = 21
+    severity = "warning"
