@@ -106,3 +106,9 @@ class StorageFailed(L2CError):
     endpoint, bucket and key (or prefix), and what to do. Raised after the retries."""
     exit_code = 21
     severity = "warning"
+
+
+class BackupNotFound(L2CError):
+    """The backup named (a key, a date) is not in the storage: "no object KEY in TARGET"."""
+    exit_code = 22
+    severity = "warning"
