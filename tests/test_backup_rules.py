@@ -81,3 +81,43 @@ def test_settings_never_show_secrets_in_their_repr():
     cfg = config.load(dict(BASE, OSS_SECURITY_TOKEN="tok-secret"))
     assert "pw-secret" not in repr(cfg) and "sk" not in repr(cfg.oss).replace("ask", "")
     assert "tok-secret" not in repr(cfg)
+
+
+# -- empty means unset; a bad number is named (issue 12) -------------------------------------
+
+@pytest.mark.parametrize("target, expected", [
+    ("oss://l2c-backups/db-backups/", {"daily": 30, "weekly": 12, "manual": 10}),
+    ("/app/backups", {"daily": 10, "weekly": 10, "manual": 10}),
+])
+def test_empty_keep_settings_mean_the_defaults(target, expected):
+    empty = {"KEEP_DAILY": "", "KEEP_WEEKLY": "", "KEEP_MANUAL": ""}
+    assert config.keep_counts(empty, target) == expected
+    assert config.keep_counts(dict(empty, KEEP_WEEKLY="4"), target) == dict(expected, weekly=4)
+
+
+@pytest.mark.parametrize("name, value", [("KEEP_DAILY", "ten"), ("KEEP_WEEKLY", "0"),
+                                         ("KEEP_MANUAL", "-3"), ("KEEP_DAILY", "1.5")])
+def test_a_bad_keep_setting_is_refused_naming_the_variable(name, value):
+    with pytest.raises(ConfigInvalid, match=f"environment variable {name} is invalid: it must be "
+                                            "a positive whole number"):
+        config.keep_counts({name: value}, "oss://l2c-backups/db-backups/")
+
+
+def test_empty_prices_mean_plans_prices_and_bad_ones_are_named():
+    from l2c_backup.status import PRICES
+    empty = {f"PRICE_{k.upper()}": "" for k in PRICES}
+    assert config.prices(empty) == PRICES
+    assert config.prices(dict(empty, PRICE_IA="0.08"))["ia"] == 0.08
+    with pytest.raises(ConfigInvalid, match="PRICE_ARCHIVE is invalid: it must be a price"):
+        config.prices({"PRICE_ARCHIVE": "cheap"})
+
+
+def test_watchdog_grace_and_manifest_wait_read_their_settings_empty_meaning_the_default():
+    assert config.grace_seconds({}) == config.grace_seconds({"WATCHDOG_GRACE_HOURS": ""}) == 2 * 3600
+    assert config.grace_seconds({"WATCHDOG_GRACE_HOURS": "0.5"}) == 1800
+    with pytest.raises(ConfigInvalid, match="WATCHDOG_GRACE_HOURS"):
+        config.grace_seconds({"WATCHDOG_GRACE_HOURS": "two"})
+    assert config.manifest_wait({"VERIFY_MANIFEST_WAIT_SECONDS": ""}, 60) == 60
+    assert config.manifest_wait({"VERIFY_MANIFEST_WAIT_SECONDS": "7"}, 60) == 7
+    with pytest.raises(ConfigInvalid, match="VERIFY_MANIFEST_WAIT_SECONDS"):
+        config.manifest_wait({"VERIFY_MANIFEST_WAIT_SECONDS": "soon"}, 60)

@@ -107,3 +107,85 @@ def test_demo_with_an_unreachable_database_url_says_what_to_check(monkeypatch):
     assert result.returncode == 10  # DatabaseUnreachable
     assert "cannot connect to 127.0.0.1:1: connection refused" in result.stderr
     assert "s3cret-pw" not in result.stdout + result.stderr
+
+
+# -- one line, the documented exit code, and an alert where nobody would hear (issue 12) -----
+
+def error_line(result, command):
+    """The one line a failed command ends with; never a traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"l2c-backup {command}:")]
+    assert len(lines) == 1 and result.stderr.rstrip().endswith(lines[0]), result.stderr
+    return lines[0]
+
+
+def a_dump_without_manifest(root):
+    """A whole, valid backup object whose manifest was never written."""
+    import gzip
+    key = "db-backups/daily/backup_2026-11-27.sql.gz"
+    path = root / key
+    path.parent.mkdir(parents=True)
+    path.write_bytes(gzip.compress(b"--\n-- PostgreSQL database dump\n--\n\nSELECT 1;\n\n"
+                                   b"--\n-- PostgreSQL database dump complete\n--\n\n"))
+    return key
+
+
+def test_verify_command_waits_verify_manifest_wait_seconds_for_a_missing_manifest(tmp_path):
+    key = a_dump_without_manifest(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "VERIFY_MANIFEST_WAIT_SECONDS": "1"}
+    result = run_cli("verify", key, "--from", str(tmp_path), env=env)
+    assert result.returncode == 15  # BackupCorrupt
+    assert f"no {key}.manifest.json after 1s" in result.stdout
+    flag = run_cli("verify", key, "--from", str(tmp_path), "--manifest-wait", "2", env=env)
+    assert f"after 2s" in flag.stdout  # the flag wins over the variable
+    bad = run_cli("verify", key, "--from", str(tmp_path),
+                  env=dict(env, VERIFY_MANIFEST_WAIT_SECONDS="soon"))
+    assert bad.returncode == 2
+    assert "VERIFY_MANIFEST_WAIT_SECONDS is invalid" in error_line(bad, "verify")
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_oss_server_refuses_a_port_out_of_range_in_one_line(port):
+    result = run_cli("oss-server", "--port", port)
+    assert result.returncode == 2  # ConfigInvalid
+    line = error_line(result, "oss-server")
+    assert f"--port {port} is out of range" in line and "0-65535" in line
+
+
+def test_oss_server_names_a_data_path_that_is_a_file_not_the_port(tmp_path):
+    data = tmp_path / "state"
+    data.write_text("not a directory")
+    result = run_cli("oss-server", "--port", "0", "--data", str(data))
+    assert result.returncode == 2
+    line = error_line(result, "oss-server")
+    assert f"--data {data} is not a directory" in line and "port" not in line.split("what to do")[0]
+
+
+def test_a_cli_backup_with_a_broken_setting_alerts_the_channels_once(receiver, tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "GZIP_LEVEL": "fast", "ALERT_WEBHOOK_URL": receiver.url("/webhook/cron"),
+           "DATABASE_URL": "postgresql://backup:Cron-S3cret-pw@127.0.0.1:9/app"}
+    result = run_cli("backup", "--to", str(tmp_path), env=env)
+    assert result.returncode == 2
+    assert "GZIP_LEVEL is invalid" in error_line(result, "backup")
+    [alert] = receiver.to("webhook")
+    assert alert.body["title"] == "backup failed" and alert.body["severity"] == "urgent"
+    assert "GZIP_LEVEL is invalid" in alert.body["reason"]
+    assert "Cron-S3cret-pw" not in json.dumps(alert.body) + result.stderr + result.stdout
+
+
+def test_a_cli_failure_the_operation_alerted_itself_is_not_alerted_twice(receiver, tmp_path):
+    key = a_dump_without_manifest(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "ALERT_WEBHOOK_URL": receiver.url("/webhook/cron")}
+    result = run_cli("verify", key, "--from", str(tmp_path), "--manifest-wait", "1", env=env)
+    assert result.returncode == 15
+    [alert] = receiver.to("webhook")  # verify's own "verify failed", not a second "verify failed"
+    assert alert.body["title"] == "verify failed" and alert.body["details"]["key"] == key
+
+
+def test_a_failed_restore_sends_no_alert_the_person_running_it_reads_the_line(receiver, tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "ALERT_WEBHOOK_URL": receiver.url("/webhook/cron")}
+    result = run_cli("restore", "--latest", "--from", str(tmp_path), "--target-url",
+                     "postgresql://u@127.0.0.1:9/x", env=env)
+    assert result.returncode != 0
+    error_line(result, "restore")
+    assert receiver.to("webhook") == []

@@ -123,3 +123,37 @@ def test_cost_follows_the_lifecycle_tiers_and_plan_prices():
     assert cost["standard"] == 0.12 and cost["ia"] == 0.04 and cost["archive"] == 0.033
     assert cost["crr_traffic"] == 0.5  # only the backup of the last month is new traffic
     assert cost["total"] == pytest.approx(0.693)
+
+
+def test_status_reads_empty_keep_and_price_settings_as_their_defaults(primary):
+    storage, env = primary
+    put_backup(storage, "db-backups/daily/backup_2026-11-26.sql.gz", hours_ago=5)
+    empty = {name: "" for name in ("KEEP_DAILY", "KEEP_WEEKLY", "KEEP_MANUAL", "PRICE_STANDARD",
+                                   "PRICE_IA", "PRICE_ARCHIVE", "PRICE_CRR_TRAFFIC",
+                                   "WATCHDOG_GRACE_HOURS")}
+    result = run_status(dict(env, **empty))
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 20, result.stderr  # no DR copy, no mirror: not 3-2-1
+    report = json.loads(result.stdout)
+    assert report["kinds"]["daily"]["keep"] == 30
+
+
+@pytest.mark.parametrize("name, value", [("KEEP_DAILY", "thirty"), ("PRICE_IA", "cheap")])
+def test_status_names_a_bad_keep_or_price_setting_in_one_line(primary, name, value):
+    _, env = primary
+    result = run_status(dict(env, **{name: value}))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [line] = [l for l in result.stderr.splitlines() if l.startswith("l2c-backup status:")]
+    assert f"environment variable {name} is invalid" in line
+
+
+def test_status_honours_watchdog_grace_hours(primary):
+    storage, env = primary
+    put_backup(storage, "db-backups/daily/backup_2026-11-26.sql.gz", hours_ago=25)
+    within = json.loads(run_status(env).stdout)  # 25 h: inside RPO 24 h + the default 2 h
+    assert [p for p in within["rpo_problems"] if "daily" in p] == []
+    past = json.loads(run_status(dict(env, WATCHDOG_GRACE_HOURS="0.5")).stdout)
+    assert [p for p in past["rpo_problems"] if "daily" in p] == [
+        "the newest verified daily backup (db-backups/daily/backup_2026-11-26.sql.gz) is 25.0 h "
+        "old, over the RPO of 24 h"]

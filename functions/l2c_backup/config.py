@@ -65,6 +65,10 @@ ENV_SCHEMA = {
                            "description": "daily, weekly or daily,weekly"},
         "WATCHDOG_GRACE_HOURS": {"type": "string", "pattern": r"^[0-9]{1,3}(\.[0-9]+)?$",
                                  "description": "hours, e.g. 2"},
+        # The cost estimate of `status` (CNY per GB-month, per GB copied across regions).
+        **{f"PRICE_{tier}": {"type": "string", "pattern": r"^[0-9]{1,6}(\.[0-9]+)?$",
+                             "description": "a price in CNY such as 0.12", "x-cli-only": True}
+           for tier in ("STANDARD", "IA", "ARCHIVE", "CRR_TRAFFIC")},
         # Alert channels (channels.py checks their values and logs what is wrong).
         **{name: {"type": "string"} for name in (
             "ALERT_DINGTALK_WEBHOOK", "ALERT_DINGTALK_SECRET", "ALERT_WECOM_WEBHOOK",
@@ -118,6 +122,16 @@ def check_env(environ):
         rule = ENV_SCHEMA["properties"].get(name, {}).get("description", err.validator)
         raise ConfigInvalid(f"environment variable {name} is invalid: it must be {rule}",
                             f"fix or unset {name}")
+
+
+def setting(environ, name, default, parse=str):
+    """One variable, checked against its schema: `default` when it is unset or empty (the
+    README's rule), parsed with `parse` when set, ConfigInvalid naming it when malformed."""
+    value = environment(environ).get(name)
+    if value is None:
+        return default
+    check_env({name: value})
+    return parse(value)
 
 
 @dataclass
@@ -187,7 +201,27 @@ def keep_counts(environ, target):
     (OSS 30 / 12 / 10; a directory, the local tier, 10 of each)."""
     from .prune import DEFAULT_KEEP, LOCAL_KEEP
     defaults = DEFAULT_KEEP if target.startswith("oss://") else dict.fromkeys(DEFAULT_KEEP, LOCAL_KEEP)
-    return {kind: int(environ.get(f"KEEP_{kind.upper()}", n)) for kind, n in defaults.items()}
+    return {kind: setting(environ, f"KEEP_{kind.upper()}", n, int) for kind, n in defaults.items()}
+
+
+def prices(environ):
+    """CNY prices of the cost estimate: PRICE_STANDARD / _IA / _ARCHIVE / _CRR_TRAFFIC,
+    else PLAN §7's."""
+    from .status import PRICES
+    return {tier: setting(environ, f"PRICE_{tier.upper()}", price, float)
+            for tier, price in PRICES.items()}
+
+
+def grace_seconds(environ):
+    """WATCHDOG_GRACE_HOURS in seconds: how long past the RPO before a kind counts as
+    missed (the watchdog and `status` read the same)."""
+    from .status import DEFAULT_GRACE_SECONDS, HOUR
+    return setting(environ, "WATCHDOG_GRACE_HOURS", DEFAULT_GRACE_SECONDS / HOUR, float) * HOUR
+
+
+def manifest_wait(environ, default):
+    """VERIFY_MANIFEST_WAIT_SECONDS: how long verify waits for a manifest still missing."""
+    return setting(environ, "VERIFY_MANIFEST_WAIT_SECONDS", default, int)
 
 
 def load(environ=None, database_url=None, target=None, credentials=None):

@@ -1,7 +1,8 @@
 """`l2c-backup oss-server`: run the local OSS endpoint until interrupted."""
 import json
+import os
 
-from ..errors import LocalServiceFailed
+from ..errors import ConfigInvalid, LocalServiceFailed
 from .local_service import serve_until_stopped
 
 
@@ -25,6 +26,18 @@ def add_parser(subparsers):
 def run(args):
     from l2c_local.oss import LocalOSS  # only the local tooling needs the server
 
+    if not 0 <= args.port <= 65535:
+        raise ConfigInvalid(f"--port {args.port} is out of range (0-65535)",
+                            "give a port from 1 to 65535, or --port 0 for a free one")
+    if args.data:
+        if os.path.exists(args.data) and not os.path.isdir(args.data):
+            raise ConfigInvalid(f"--data {args.data} is not a directory",
+                                "give a directory (it is created when missing)")
+        try:
+            os.makedirs(args.data, exist_ok=True)
+        except OSError as err:  # a file further up the path, or no permission
+            raise ConfigInvalid(f"--data {args.data} cannot be used: {err.strerror}",
+                                "give a directory you may write to") from None
     server = LocalOSS(data_dir=args.data, host=args.host, port=args.port, region=args.region,
                       buckets=args.buckets or ["l2c-backups", "l2c-backups-dr"])
     try:

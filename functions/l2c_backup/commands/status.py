@@ -1,11 +1,10 @@
 """`l2c-backup status`: the newest backups, their ages against the RPO, and the 3-2-1 view."""
 import json
-import os
 import time
 
 from .. import config, names
 from ..errors import NotCompliant
-from ..status import PRICES, Location, report, survey
+from ..status import Location, report, survey
 from ..storage import open_storage
 
 
@@ -45,11 +44,11 @@ def locations(environ, source, mirror):
 
 
 def run(args):
-    environ = dict(os.environ)
+    environ = config.environment()  # an empty variable is an unset one (README)
+    prices, grace = config.prices(environ), config.grace_seconds(environ)  # before any OSS call
     locs = locations(environ, args.source, args.mirror or environ.get("MIRROR_DIR"))
     keep = config.keep_counts(environ, locs[0].url)
-    prices = {k: float(environ.get(f"PRICE_{k.upper()}", v)) for k, v in PRICES.items()}
-    result = report(locs, names.KINDS, keep, time.time(), prices=prices)
+    result = report(locs, names.KINDS, keep, time.time(), grace=grace, prices=prices)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

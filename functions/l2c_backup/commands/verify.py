@@ -6,6 +6,9 @@ from ..errors import BackupCorrupt, ConfigInvalid
 from ..storage import open_storage
 from ..verify import verify
 
+# Off FC the manifest is normally long written: a short wait (FC's verify waits 60 s).
+DEFAULT_MANIFEST_WAIT_SECONDS = 5
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
@@ -20,8 +23,9 @@ def add_parser(subparsers):
     p.add_argument("--kind", choices=names.KINDS, help="with --all: only this kind")
     p.add_argument("--from", dest="source", metavar="TARGET",
                    help="oss://BUCKET/PREFIX or a directory (default: as for backup)")
-    p.add_argument("--manifest-wait", type=int, default=5, metavar="SECONDS",
-                   help="how long to wait for a missing manifest (default 5)")
+    p.add_argument("--manifest-wait", type=int, metavar="SECONDS",
+                   help="how long to wait for a missing manifest "
+                        "(default VERIFY_MANIFEST_WAIT_SECONDS, else 5)")
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     p.set_defaults(run=run)
 
@@ -30,6 +34,9 @@ def run(args):
     if args.kind and not args.all:
         raise ConfigInvalid("--kind goes with --all", "give a KEY, or --all --kind KIND")
     target, oss = config.storage_target(target=args.source, flag="--from")
+    wait = args.manifest_wait
+    if wait is None:
+        wait = config.manifest_wait(config.environment(), DEFAULT_MANIFEST_WAIT_SECONDS)
     storage = open_storage(target, oss)
     if args.all:
         prefix = storage.prefix + (f"{args.kind}/" if args.kind else "")
@@ -37,7 +44,7 @@ def run(args):
                 or names.is_globals_key(storage.prefix, o.key)]
     else:
         keys = [args.key]
-    verdicts = [verify(storage, key, args.manifest_wait, recheck=True).summary() for key in keys]
+    verdicts = [verify(storage, key, wait, recheck=True).summary() for key in keys]
     if args.json:
         print(json.dumps({"target": storage.url, "results": verdicts}, indent=2))
     else:
@@ -48,6 +55,8 @@ def run(args):
         print(f"{len(verdicts)} checked, {sum(v['verdict'] != 'ok' for v in verdicts)} failed")
     failed = [v["key"] for v in verdicts if v["verdict"] != "ok"]
     if failed:
-        raise BackupCorrupt(f"{len(failed)} of {len(verdicts)} backups failed verification",
+        err = BackupCorrupt(f"{len(failed)} of {len(verdicts)} backups failed verification",
                             "take a manual backup now and look at each <key>.verify.json")
+        err.alerted = True  # verify() alerted each failed backup as it found it
+        raise err
     return 0
