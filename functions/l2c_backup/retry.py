@@ -1,8 +1,11 @@
 """Retry policies, declared once: every OSS call and (later) every alert send goes
 through these, with their limits in one place (after restic's retry backend)."""
+import http.client
 import logging
 
 import oss2
+import requests
+import urllib3
 from tenacity import (RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay,
                       wait_random_exponential)
 
@@ -11,6 +14,9 @@ log = logging.getLogger(__name__)
 ATTEMPTS = 6  # first try + 5 retries
 MAX_WAIT_SECONDS = 20  # cap of one backoff step (jittered exponential from 0.5 s)
 MAX_TOTAL_SECONDS = 300  # give up on one call after five minutes
+# A read cut short resumes with a ranged GET from the last byte received; this many tries
+# in a row that bring no new bytes end it (the count starts again whenever bytes arrive).
+READ_ATTEMPTS = 6
 
 # Errors that another try cannot fix: wrong credentials, missing bucket, refused access.
 PERMANENT_CODES = frozenset({
@@ -21,15 +27,20 @@ PERMANENT_CODES = frozenset({
 })
 
 
+# How a dropped or stalled connection surfaces: oss2 wraps failures on the way out
+# (RequestError), but a body cut short is noticed by requests/urllib3 while it is read.
+TRANSPORT_ERRORS = (oss2.exceptions.RequestError, requests.exceptions.RequestException,
+                    urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError,
+                    TimeoutError)
+
+
 def is_transient(exc):
     """True for failures worth another try: 5xx, throttling, dropped connections."""
-    if isinstance(exc, oss2.exceptions.RequestError):
-        return True  # connection refused / reset / timed out on the way
     if isinstance(exc, oss2.exceptions.ServerError):
         if exc.code in PERMANENT_CODES:
             return False
         return exc.status >= 500 or exc.status in (408, 429) or exc.status < 0
-    return isinstance(exc, (ConnectionError, TimeoutError))
+    return isinstance(exc, TRANSPORT_ERRORS)  # connection refused / reset / timed out
 
 
 def _log_retry(state: RetryCallState):
@@ -53,3 +64,9 @@ def oss_policy(attempts=ATTEMPTS, max_total=MAX_TOTAL_SECONDS):
                 wait=wait_random_exponential(multiplier=0.5, max=MAX_WAIT_SECONDS),
                 stop=stop_after_attempt(attempts) | stop_after_delay(max_total),
                 before_sleep=_log_retry, reraise=True)
+
+
+def read_policy():
+    """kwargs for tenacity around resuming an object read cut short: one attempt is a
+    ranged GET from the last byte received and its first chunk."""
+    return oss_policy(attempts=READ_ATTEMPTS)

@@ -3,8 +3,11 @@
 One Protocol with a handful of verbs and one module per backend (OSS via oss2, a local
 directory), picked by the target: `oss://bucket/prefix/` or a filesystem path.
 """
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Protocol
+
+from ..errors import ConfigInvalid
 
 
 @dataclass
@@ -47,8 +50,11 @@ class Storage(Protocol):
     def head(self, key: str) -> Optional[StoredObject]:
         """The object's size and checksums, or None when it does not exist."""
 
-    def open(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        """The object's bytes as a stream. FileNotFoundError when it does not exist."""
+    def open(self, key: str, chunk_size: int = 1 << 20, offset: int = 0) -> "Reading":
+        """The object's bytes from `offset` on, as a stream of chunks (a Reading: `start`
+        says where they begin, `etag` which object they are). FileNotFoundError, at once,
+        when it does not exist. A backend that can resume a read cut short does so itself,
+        from the last byte received and only from the same object."""
 
     def list(self, prefix: str) -> Iterator[StoredObject]:
         """Objects under prefix in key order."""
@@ -64,6 +70,33 @@ class Storage(Protocol):
         """Replaces the object's tags. FileNotFoundError when it does not exist."""
 
 
+class Reading:
+    """An object's bytes being read: iterate for the chunks. `start` is where they begin
+    (the offset asked for, or 0 when the whole object came instead, as for an offset past
+    its end), `etag` which object they are from; close() lets go of the file or connection,
+    also when the bytes were not read to the end."""
+
+    def __init__(self, chunks: Iterator[bytes], start: int = 0, etag: str = "", close=None):
+        self._chunks, self.start, self.etag, self._close = chunks, start, etag, close
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._chunks)
+
+    def close(self):
+        getattr(self._chunks, "close", lambda: None)()
+        if self._close is not None:
+            self._close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def read_chunks(stream, chunk_size):
     """Yields a readable stream's bytes chunk by chunk, closing it at the end."""
     with stream:
@@ -74,11 +107,23 @@ def read_chunks(stream, chunk_size):
             yield data
 
 
-def open_storage(target, oss_settings=None):
-    """`oss://bucket/prefix` -> OSS (needs oss_settings); anything else is a directory."""
+# OSS's rule for bucket names; oss2 refuses others with a ClientError that names neither.
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+BUCKET_RULE = ("OSS bucket names are 3-63 characters: lowercase letters, digits and hyphens, "
+               "starting and ending with a letter or digit")
+
+
+def open_storage(target, oss_settings=None, origin="the backup target"):
+    """`oss://bucket/prefix` -> OSS (needs oss_settings); anything else is a directory.
+    `origin` names where the target came from (a flag or variable) for the error when
+    the bucket name is not one OSS allows (ConfigInvalid)."""
     if target.startswith("oss://"):
         from .oss import OSSStorage
         bucket, _, prefix = target[len("oss://"):].partition("/")
+        if not BUCKET_NAME.match(bucket):
+            named = "no bucket" if not bucket else f"bucket {bucket!r}"
+            raise ConfigInvalid(f"{origin} {target} names {named}: {BUCKET_RULE}",
+                                f"give {origin} as oss://BUCKET/PREFIX, e.g. oss://l2c-backups/db-backups/")
         return OSSStorage(oss_settings, bucket, normalise_prefix(prefix))
     from .directory import DirectoryStorage
     return DirectoryStorage(target)

@@ -3,10 +3,18 @@
 Memory is at most (concurrency + 1) parts: one filling, the rest uploading. Every part
 is retried from its own bytes; any failure aborts the upload, so OSS keeps neither a
 partial object nor orphan parts (which are billed and invisible in listings).
+
+Every request goes through the retry policies (retry.py). What they do not cure leaves
+this module as one StorageFailed that names the endpoint, the bucket and the key (or
+prefix) and what to do, never as an oss2 error; only the seam's own answers pass as they
+are (None, FileNotFoundError, FileExistsError, ObjectLocked). A read cut short resumes
+with a ranged GET from the last byte received, If-Match the ETag it started with, so the
+bytes handed on are all of one object.
 """
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -14,8 +22,9 @@ import oss2
 from oss2.utils import Crc64
 from tenacity import Retrying
 
-from ..retry import describe, oss_policy
-from . import Deleted, ObjectLocked, StoredObject, read_chunks
+from ..errors import L2CError, StorageFailed
+from ..retry import TRANSPORT_ERRORS, describe, oss_policy, read_policy
+from . import Deleted, ObjectLocked, Reading, StoredObject
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +70,7 @@ def part_size_for(expected_size, min_part_size=MIN_PART_SIZE):
 class OSSStorage:
     def __init__(self, settings: OSSSettings, bucket: str, prefix: str = ""):
         self.settings = settings
+        self.bucket_name = bucket
         self.prefix = prefix or "db-backups/"
         self.url = f"oss://{bucket}/{self.prefix}"
         self.bucket = oss2.Bucket(settings.auth(), settings.endpoint, bucket,
@@ -77,6 +87,45 @@ class OSSStorage:
             with attempt:
                 return fn(*args, **kwargs)
 
+    @contextmanager
+    def _failures(self, doing, key):
+        """Turns what the retries did not cure into one StorageFailed line, e.g.
+        `with self._failures("list", prefix):`. The seam's own answers pass unchanged."""
+        try:
+            yield
+        except (FileNotFoundError, FileExistsError, ObjectLocked, L2CError):
+            raise
+        except oss2.exceptions.OssError as exc:
+            raise self._failed(doing, key, exc) from None
+
+    def _failed(self, doing, key, exc, detail=""):
+        """The StorageFailed for `exc`: endpoint, bucket, key, OSS's answer, what to do."""
+        where = f"{key} in bucket {self.bucket_name} at {self.settings.endpoint}"
+        if not isinstance(exc, oss2.exceptions.ServerError):  # never reached OSS's answer
+            kind = _transport_kind(exc)
+            if kind == "dropped":
+                return StorageFailed(
+                    f"could not {doing} {where}: the connection dropped{detail}, and again "
+                    "on every retry", "check the network between here and OSS_ENDPOINT (in FC: "
+                    "the VPC, vSwitch and NAT gateway), then run again")
+            return StorageFailed(
+                f"could not {doing} {where}: the endpoint cannot be reached ({kind}), also "
+                "after the retries", "check OSS_ENDPOINT (the bucket's region, e.g. "
+                "https://oss-cn-hangzhou.aliyuncs.com; in FC its -internal endpoint) and the network")
+        code = exc.code or ("AccessDenied" if exc.status == 403 else "")
+        answer = f"OSS {exc.status} {code}".rstrip()
+        if code in _REFUSALS:
+            meaning, hint = _REFUSALS[code]
+            meaning = meaning.format(key_id=self.settings.access_key_id, bucket=self.bucket_name)
+            return StorageFailed(f"could not {doing} {where}: {answer}: {meaning}", hint)
+        request = f" (request id {exc.request_id})" if exc.request_id else ""
+        if exc.status >= 500 or exc.status in (408, 429):
+            return StorageFailed(f"could not {doing} {where}: {answer}{request}, still failing "
+                                 "after the retries", "OSS is failing or throttling: run again "
+                                 "later; if it lasts, open a ticket with Aliyun quoting the request id")
+        return StorageFailed(f"could not {doing} {where}: {describe(exc)}{request}",
+                             "look up OSS's error code above (help.aliyun.com, OSS error codes)")
+
     def _sse_headers(self):
         s = self.settings
         if not s.server_side_encryption:
@@ -91,66 +140,223 @@ class OSSStorage:
         if not overwrite:
             headers["x-oss-forbid-overwrite"] = "true"
         upload = _MultipartUpload(self, key, headers, part_size_for(expected_size, self.settings.min_part_size))
-        try:
-            return upload.run(chunks)
-        except oss2.exceptions.ServerError as exc:
-            _raise_if_exists(exc, key)
-            raise
+        with self._failures("write", key):
+            try:
+                return upload.run(chunks)
+            except oss2.exceptions.ServerError as exc:
+                _raise_if_exists(exc, key)
+                raise
 
     def put_bytes(self, key, data, overwrite=True):
         headers = self._sse_headers()
         if not overwrite:
             headers["x-oss-forbid-overwrite"] = "true"
-        try:
-            result = self._call(self.bucket.put_object, key, data, headers=headers)
-        except oss2.exceptions.ServerError as exc:
-            _raise_if_exists(exc, key)
-            raise
+        with self._failures("write", key):
+            try:
+                result = self._call(self.bucket.put_object, key, data, headers=headers)
+            except oss2.exceptions.ServerError as exc:
+                _raise_if_exists(exc, key)
+                raise
         return StoredObject(key, len(data), result.etag, str(result.crc or ""), result.versionid or "")
 
     def head(self, key):
-        try:
-            meta = self._call(self.bucket.head_object, key)
-        except oss2.exceptions.NotFound:
-            return None
+        with self._failures("check", key):
+            try:
+                meta = self._call(self.bucket.head_object, key)
+            except oss2.exceptions.NotFound as exc:
+                # A missing bucket is a 404 too (NoSuchBucket): only a missing key is None.
+                if exc.code not in ("", "NoSuchKey"):
+                    raise
+                return None
         return StoredObject(key, meta.content_length, meta.etag,
                             meta.headers.get("x-oss-hash-crc64ecma", ""), meta.versionid or "",
                             last_modified=meta.last_modified)
 
-    def open(self, key, chunk_size=1 << 20):
-        try:
-            stream = self._call(self.reader.get_object, key)
-        except oss2.exceptions.NoSuchKey:
-            raise FileNotFoundError(f"{self.url} has no object {key}") from None
-        return read_chunks(stream, chunk_size)
+    def open(self, key, chunk_size=1 << 20, offset=0):
+        read = _ResumingRead(self, key, chunk_size, offset)
+        return Reading(read.chunks(), read.start, read.etag, read.close)
 
     def list(self, prefix):
-        for info in oss2.ObjectIteratorV2(self.bucket, prefix=prefix):
-            yield StoredObject(info.key, info.size, info.etag, last_modified=info.last_modified)
+        token = ""
+        while True:
+            with self._failures("list", prefix):
+                page = self._call(self.bucket.list_objects_v2, prefix=prefix,
+                                  continuation_token=token, max_keys=1000)
+            for info in page.object_list:
+                yield StoredObject(info.key, info.size, info.etag, last_modified=info.last_modified)
+            if not page.is_truncated:
+                return
+            token = page.next_continuation_token
 
     def delete(self, key):
-        try:
-            result = self._call(self.bucket.delete_object, key)
-        except oss2.exceptions.ServerError as exc:
-            if exc.code == "FileImmutable":
-                raise ObjectLocked(f"{key} is under the bucket's retention policy (WORM)") from None
-            raise
+        with self._failures("delete", key):
+            try:
+                result = self._call(self.bucket.delete_object, key)
+            except oss2.exceptions.ServerError as exc:
+                if exc.code == "FileImmutable":
+                    raise ObjectLocked(f"{key} is under the bucket's retention policy (WORM)") from None
+                raise
         return Deleted(key, result.delete_marker, result.versionid or "")
 
     def get_tags(self, key):
-        try:
-            return dict(self._call(self.bucket.get_object_tagging, key).tag_set.tagging_rule)
-        except oss2.exceptions.NoSuchKey:
-            raise FileNotFoundError(f"{self.url} has no object {key}") from None
+        with self._failures("read the tags of", key):
+            try:
+                return dict(self._call(self.bucket.get_object_tagging, key).tag_set.tagging_rule)
+            except oss2.exceptions.NoSuchKey:
+                raise FileNotFoundError(f"no object {key} in {self.url}") from None
 
     def set_tags(self, key, tags):
         rule = oss2.models.TaggingRule()
         for name, value in tags.items():
             rule.add(name, value)
+        with self._failures("tag", key):
+            try:
+                self._call(self.bucket.put_object_tagging, key, oss2.models.Tagging(rule))
+            except oss2.exceptions.NoSuchKey:
+                raise FileNotFoundError(f"no object {key} in {self.url}") from None
+
+
+# OSS refusals another try cannot fix: what the code means, what to do.
+_REFUSALS = {
+    "InvalidAccessKeyId": ("OSS does not know AccessKey id {key_id}",
+                           "check OSS_ACCESS_KEY_ID (in FC: the function's role supplies the key)"),
+    "SignatureDoesNotMatch": ("the AccessKey secret is not the one of AccessKey id {key_id}",
+                              "check OSS_ACCESS_KEY_SECRET: it must belong to OSS_ACCESS_KEY_ID "
+                              "(in FC: the function's role supplies both)"),
+    "InvalidSecurityToken": ("the STS token is not valid",
+                             "check OSS_SECURITY_TOKEN (in FC: the function's role supplies it)"),
+    "SecurityTokenExpired": ("the STS token has expired",
+                             "get a fresh token (in FC: the role's token is renewed per invocation)"),
+    "AccessDenied": ("the AccessKey or role is not allowed this, or the bucket policy refuses it",
+                     "grant the AccessKey or role oss:GetObject, oss:PutObject, oss:DeleteObject "
+                     "and oss:ListObjects on the prefix (`l2c-backup policies` prints them), and "
+                     "check that the bucket policy allows this network (VPC / IP)"),
+    "NoSuchBucket": ("bucket {bucket} does not exist at this endpoint",
+                     "check the bucket name (OSS_BACKUP_BUCKET, BACKUP_TARGET or --to/--from) and "
+                     "that OSS_ENDPOINT is the bucket's region, or create it: `l2c-backup setup-oss`"),
+}
+
+
+def _transport_kind(exc):
+    """What went wrong below HTTP, in an operator's words (for a RequestError or a body
+    cut short)."""
+    text = f"{exc} {getattr(exc, 'exception', '')!r}".lower()
+    if any(s in text for s in ("nameresolution", "name or service not known", "failed to resolve",
+                               "nodename nor servname", "temporary failure in name resolution",
+                               "getaddrinfo")):
+        return "the name does not resolve"
+    if "connection refused" in text or "errno 111" in text:
+        return "connection refused"
+    if "timed out" in text or "timeout" in text:
+        return "timed out"
+    if any(s in text for s in ("remotedisconnected", "connection aborted", "connection reset",
+                               "incompleteread", "connection broken", "broken pipe",
+                               "without response")):
+        return "dropped"
+    return type(getattr(exc, "exception", None) or exc).__name__
+
+
+def _etag(value):
+    return (value or "").strip('"')
+
+
+class _ResumingRead:
+    """One object read from `offset` to its end. A connection dropped mid-body is resumed
+    with a ranged GET from the last byte received, If-Match the ETag of the first answer:
+    the bytes are all of one object, or the read fails. Resuming follows
+    retry.read_policy; an attempt is a GET and its first chunk, so the count starts again
+    whenever bytes arrive: a long read survives drops that each bring bytes, and ends
+    after READ_ATTEMPTS in a row that bring none."""
+
+    def __init__(self, storage, key, chunk_size, offset):
+        self.storage, self.key, self.chunk_size = storage, key, chunk_size
+        self.stream, self.etag, self.start, self.position, self.size = None, "", 0, 0, 0
+        with storage._failures("read", key):
+            try:
+                self.first = self._attempts(self._begin, offset)
+            except oss2.exceptions.NoSuchKey:
+                raise FileNotFoundError(f"no object {key} in {storage.url}") from None
+
+    def _attempts(self, fn, *args):
+        return Retrying(**read_policy())(fn, *args)
+
+    def _get(self, position, if_match=""):
+        return self.storage.reader.get_object(
+            self.key, byte_range=(position, None) if position > 0 else None,
+            headers={"If-Match": f'"{if_match}"'} if if_match else None)
+
+    def _begin(self, offset):
         try:
-            self._call(self.bucket.put_object_tagging, key, oss2.models.Tagging(rule))
-        except oss2.exceptions.NoSuchKey:
-            raise FileNotFoundError(f"{self.url} has no object {key}") from None
+            result = self._get(offset)
+        except oss2.exceptions.ServerError as exc:
+            if exc.status != 416 or offset <= 0:
+                raise
+            result = self._get(0)  # an offset past the end: the object shrank, read it all
+        # OSS answers a range it does not like with the whole object (200), not an error.
+        self.start = self.position = offset if offset > 0 and result.status == 206 else 0
+        self.etag = _etag(result.etag)
+        self.size = self.start + (result.content_length or 0)
+        return self._take(result)
+
+    def _resume(self):
+        result = self._get(self.position, if_match=self.etag)
+        # A server that ignored the range sent it all: pass over what was already received.
+        return self._take(result, skip=self.position if result.status != 206 else 0)
+
+    def _take(self, result, skip=0):
+        """Makes `result` the stream and returns its first chunk."""
+        try:
+            while skip:
+                passed = result.read(min(skip, self.chunk_size))
+                if not passed:
+                    raise ConnectionError("the object ended before the resume point")
+                skip -= len(passed)
+            data = result.read(self.chunk_size)
+        except BaseException:
+            result.close()
+            raise
+        self.stream = result
+        self.position += len(data)
+        return data
+
+    def chunks(self):
+        data, self.first = self.first, b""
+        try:
+            while data:
+                yield data
+                data = self._next()
+        finally:
+            self.close()
+
+    def _next(self):
+        try:
+            data = self.stream.read(self.chunk_size)
+        except TRANSPORT_ERRORS as exc:
+            self.close()
+            log.warning("%s: the connection dropped after %d of %d bytes (%s); resuming there",
+                        self.key, self.position, self.size, _transport_kind(exc))
+            return self._resumed()
+        self.position += len(data)
+        return data
+
+    def _resumed(self):
+        storage = self.storage
+        try:
+            return self._attempts(self._resume)
+        except (oss2.exceptions.PreconditionFailed, oss2.exceptions.NoSuchKey):
+            raise StorageFailed(
+                f"{self.key} in bucket {storage.bucket_name} at {storage.settings.endpoint} "
+                f"changed while it was read (it is no longer ETag {self.etag}; read "
+                f"{self.position:,} of {self.size:,} bytes)",
+                "something replaced or deleted it meanwhile: run again to read what is there now") from None
+        except TRANSPORT_ERRORS + (oss2.exceptions.OssError,) as exc:
+            raise storage._failed("read", self.key, exc,
+                                  f" after {self.position:,} of {self.size:,} bytes") from None
+
+    def close(self):
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
 
 
 def _raise_if_exists(exc, key):
