@@ -77,3 +77,21 @@ def test_tags_are_set_read_and_replaced(storage):
     assert [o.key for o in storage.list("db-backups/")] == ["db-backups/daily/t.sql.gz"]
     with pytest.raises(FileNotFoundError):
         storage.set_tags("db-backups/daily/none.sql.gz", {"verify": "ok"})
+
+
+def test_a_read_from_an_offset_starts_there_and_says_so(storage):
+    data = bytes(range(256)) * 4000
+    storage.put_bytes("db-backups/manual/r.sql.gz", data)
+    etag = storage.head("db-backups/manual/r.sql.gz").etag.strip('"')
+
+    with storage.open("db-backups/manual/r.sql.gz", 64 * 1024, offset=700_000) as reading:
+        assert (reading.start, reading.etag) == (700_000, etag)
+        assert b"".join(reading) == data[700_000:]
+    # past the end (the object shrank since): all of it, and `start` says so
+    reading = storage.open("db-backups/manual/r.sql.gz", offset=len(data) + 1)
+    assert reading.start == 0 and b"".join(reading) == data
+
+
+def test_tags_of_a_missing_object_are_file_not_found(storage):
+    with pytest.raises(FileNotFoundError):
+        storage.get_tags("db-backups/daily/none.sql.gz")
