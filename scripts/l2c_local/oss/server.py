@@ -26,7 +26,8 @@ from . import surface, validate, xmlbody
 from .auth import Authenticator
 from .events import ALL_OBJECT_CREATED, Dispatcher, ObjectState, Subscription, deliver, object_created_event
 from .faults import Fault, FaultPlan
-from .store import CHUNK, BlobWriter, OSSError, Store, decode_token, encode_token
+from .store import (CHUNK, FROZEN_CLASSES, BlobWriter, OSSError, Store, decode_token,
+                    encode_token, invalid_object_state)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ CONFIG_MISSING = {
     "replication": (404, "NoSuchReplicationConfiguration",
                     "The replication configuration does not exist."),
 }
+# RestoreObject's delay here: OSS restores an Archive object in about a minute, Cold
+# Archive in 1 to 12 hours by priority; tests want seconds (README: deviations).
+DEFAULT_RESTORE_DELAY_SECONDS = 2.0
 CONFIG_ROOTS = {"lifecycle": "LifecycleConfiguration", "encryption": "ServerSideEncryptionRule",
                 "tagging": "Tagging"}
 
@@ -304,6 +308,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.object_meta()
         if "uploads" in q and method == "POST":
             return self.initiate_upload()
+        if "restore" in q:
+            return self.restore_object() if method == "POST" else self._not_allowed()
         if "uploadId" in q:
             return {"PUT": self.upload_part, "POST": self.complete_upload,
                     "DELETE": self.abort_upload, "GET": self.list_parts}.get(method, self._not_allowed)()
@@ -330,7 +336,7 @@ class Handler(BaseHTTPRequestHandler):
                                    ("ExtranetEndpoint", self.headers.get("Host", "")),
                                    ("IntranetEndpoint", self.headers.get("Host", "")),
                                    ("Location", f"oss-{b.region}"), ("Name", b.name),
-                                   ("Region", b.region), ("StorageClass", "Standard")])
+                                   ("Region", b.region), ("StorageClass", b.storage_class)])
                        for b in shown]
         paging = [("Prefix", prefix), ("Marker", marker), ("MaxKeys", max_keys),
                   ("IsTruncated", len(names) > max_keys)]
@@ -340,8 +346,15 @@ class Handler(BaseHTTPRequestHandler):
             ("Owner", xmlbody.OWNER), ("Buckets", buckets)]))
 
     def create_bucket(self):
-        self.read_body()  # CreateBucketConfiguration: storage class and redundancy, ignored
-        self.oss.store.create_bucket(self.bucket)
+        # CreateBucketConfiguration: the storage class objects get by default is kept (a
+        # bucket that exists keeps its own); the redundancy type is ignored.
+        body = self.read_body()
+        storage_class = None
+        if body.strip():
+            storage_class = validate.storage_class(
+                xmlbody.parse(body, "CreateBucketConfiguration").findtext("StorageClass"),
+                "0013-00000101")
+        self.oss.store.create_bucket(self.bucket, storage_class or "Standard")
         self.send(200, headers={"Location": f"/{self.bucket}"})
 
     def delete_bucket(self):
@@ -370,7 +383,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send(200, xmlbody.build("BucketInfo", [("Bucket", [
             ("CreationDate", xmlbody.iso8601(b.created)), ("ExtranetEndpoint", host),
             ("IntranetEndpoint", host), ("Location", f"oss-{b.region}"), ("Name", b.name),
-            ("StorageClass", "Standard"), ("Versioning", b.versioning or None),
+            ("StorageClass", b.storage_class), ("Versioning", b.versioning or None),
             ("Owner", xmlbody.OWNER), ("AccessControlList", [("Grant", "private")]),
             ("ServerSideEncryptionRule", [("SSEAlgorithm", self._default_sse() or "None")])])]))
 
@@ -511,7 +524,9 @@ class Handler(BaseHTTPRequestHandler):
             items.append(("EncodingType", "url"))
         # ListObjectsV2 names owners only when asked (fetch-owner=true); v1 always does.
         owner = not v2 or q.get("fetch-owner", "").lower() == "true"
-        items += [("Contents", xmlbody.object_entry(k, v, enc, owner)) for k, v in objects]
+        store = self.oss.store
+        items += [("Contents", xmlbody.object_entry(k, v, enc, owner, store.restore_header(v)))
+                  for k, v in objects]
         items += [("CommonPrefixes", [("Prefix", enc(p))]) for p in prefixes]
         self.send(200, xmlbody.build("ListBucketResult", items))
 
@@ -538,9 +553,12 @@ class Handler(BaseHTTPRequestHandler):
                 if version.delete_marker:
                     items.append(("DeleteMarker", common + [("Owner", xmlbody.OWNER)]))
                 else:
+                    restore_info = self.oss.store.restore_header(version)
                     items.append(("Version", common + [
                         ("ETag", f'"{version.etag}"'), ("Type", version.object_type),
-                        ("Size", version.size), ("StorageClass", "Standard"), ("Owner", xmlbody.OWNER)]))
+                        ("Size", version.size), ("StorageClass", version.storage_class),
+                        ("Owner", xmlbody.OWNER)]
+                        + ([("RestoreInfo", restore_info)] if restore_info else [])))
         items += [("CommonPrefixes", [("Prefix", enc(p))]) for p in prefixes]
         self.send(200, xmlbody.build("ListVersionsResult", items))
 
@@ -658,10 +676,11 @@ class Handler(BaseHTTPRequestHandler):
         self.oss.store.bucket(self.bucket)
         self._forbid_overwrite()
         sse = self._sse()
+        storage_class = validate.storage_class(self.headers.get("x-oss-storage-class"))
         writer = self.body_to_blob()
         version = self.oss.store.put(
             self.bucket, self.key, writer, self.headers.get("Content-Type", ""), self._meta(),
-            _parse_tags(self.headers.get("x-oss-tagging")), sse)
+            _parse_tags(self.headers.get("x-oss-tagging")), sse, storage_class=storage_class)
         self.oss.object_created(self.bucket, self.key, version, "PutObject", self.request_id,
                                 self.client_address[0])
         self.send(200, headers=self._version_headers(version))
@@ -673,9 +692,13 @@ class Handler(BaseHTTPRequestHandler):
         src_bucket, _, src_key = path.lstrip("/").partition("/")
         src_key = unquote(src_key)
         src_version_id = validate.version_id(dict(parse_qsl(query, keep_blank_values=True)).get("versionId"))
+        storage_class = validate.storage_class(self.headers.get("x-oss-storage-class"), "0013-00000101")
         self._forbid_overwrite()
         with store.lock:
             src = store.find_version(store.bucket(src_bucket), src_key, src_version_id)
+            if not store.readable(src):
+                # Converting an Archive object (to Standard, say) needs it restored first.
+                raise invalid_object_state(src_key)
             writer = store.copy_blob(src)
         replace_meta = self.headers.get("x-oss-metadata-directive", "COPY").upper() == "REPLACE"
         replace_tags = self.headers.get("x-oss-tagging-directive", "COPY").upper() == "REPLACE"
@@ -684,7 +707,8 @@ class Handler(BaseHTTPRequestHandler):
             self.headers.get("Content-Type", "") if replace_meta else src.content_type,
             self._meta() if replace_meta else dict(src.meta),
             _parse_tags(self.headers.get("x-oss-tagging")) if replace_tags else dict(src.tags),
-            self._sse() or dict(src.sse), etag=src.etag, crc64=src.crc64)
+            self._sse() or dict(src.sse), etag=src.etag, crc64=src.crc64,
+            storage_class=storage_class)
         self.oss.object_created(self.bucket, self.key, version, "CopyObject", self.request_id,
                                 self.client_address[0])
         self.send(200, xmlbody.build("CopyObjectResult", [
@@ -715,7 +739,10 @@ class Handler(BaseHTTPRequestHandler):
         with store.lock:
             version = store.find_version(store.bucket(self.bucket), self.key,
                                          self.query.get("versionId"))
+            if self.command == "GET" and not store.readable(version):
+                raise invalid_object_state(self.key)  # HEAD still answers, as on OSS
             self._check_conditions(version)
+            restore_info = store.restore_header(version)
             path = store.blob_path(version.blob)
             blob = open(path, "rb")  # open under the lock: a delete may unlink it right after
         with blob:
@@ -723,7 +750,9 @@ class Handler(BaseHTTPRequestHandler):
             headers.update(version.meta)
             headers.update({"Last-Modified": formatdate(version.last_modified, usegmt=True),
                             "x-oss-object-type": version.object_type, "Accept-Ranges": "bytes",
-                            "x-oss-storage-class": "Standard"})
+                            "x-oss-storage-class": version.storage_class})
+            if restore_info:
+                headers["x-oss-restore"] = restore_info
             if version.tags:
                 headers["x-oss-tagging-count"] = str(len(version.tags))
             content_type = self.query.get("response-content-type", version.content_type)
@@ -827,12 +856,35 @@ class Handler(BaseHTTPRequestHandler):
             tags = dict(version.tags)
         self.send(200, _tags_xml(tags))
 
+    def restore_object(self):
+        """RestoreObject (POST ?restore): 202 for a new restore, 200 once restored (its
+        copy kept longer), 409 while one is under way; the copy is readable after the
+        server's restore_delay_seconds and for the Days asked (default 1)."""
+        store = self.oss.store
+        body = self.read_body()
+        with store.lock:
+            version = store.find_version(store.bucket(self.bucket), self.key,
+                                         self.query.get("versionId"))
+            storage_class = version.storage_class
+        root = xmlbody.parse(body, "RestoreRequest") if body.strip() else None
+        days, tier = (validate.restore_request(root, storage_class)
+                      if storage_class in FROZEN_CLASSES else (1, ""))
+        status, version = store.restore(self.bucket, self.key, self.query.get("versionId"), days,
+                                        tier, self.oss.restore_delay_seconds)
+        headers = {}
+        if store.bucket(self.bucket).versioning:
+            headers["x-oss-version-id"] = version.version_id
+        if tier:
+            headers["x-oss-object-restore-priority"] = tier
+        self.send(status, headers=headers)
+
     # -- multipart ------------------------------------------------------------------
     def initiate_upload(self):
         self._forbid_overwrite()
         upload = self.oss.store.initiate(self.bucket, self.key, self.headers.get("Content-Type", ""),
                                          self._meta(), _parse_tags(self.headers.get("x-oss-tagging")),
-                                         self._sse())
+                                         self._sse(),
+                                         validate.storage_class(self.headers.get("x-oss-storage-class")))
         self.oss.notify(self.bucket, self.key, ObjectState(0, ""), "InitiateMultipartUpload",
                         self.request_id, self.client_address[0])
         enc = xmlbody.encoder(self.params)
@@ -912,8 +964,11 @@ class LocalOSS:
 
     def __init__(self, data_dir=None, host="127.0.0.1", port=0, region="cn-hangzhou",
                  buckets=(), access_key_id=TEST_ACCESS_KEY_ID,
-                 access_key_secret=TEST_ACCESS_KEY_SECRET, hostname=resolve.TEST_DOMAIN):
+                 access_key_secret=TEST_ACCESS_KEY_SECRET, hostname=resolve.TEST_DOMAIN,
+                 restore_delay_seconds=DEFAULT_RESTORE_DELAY_SECONDS):
         self.data_dir, self.host, self.port, self.region = data_dir, host, port, region
+        # How long a RestoreObject takes here (any frozen class); may be changed any time.
+        self.restore_delay_seconds = restore_delay_seconds
         self.hostname = hostname.lower()
         self.access_key_id, self.access_key_secret = access_key_id, access_key_secret
         self.initial_buckets = list(buckets)
@@ -998,6 +1053,12 @@ class LocalOSS:
     def advance_time(self, seconds):
         self.store.advance_time(seconds)
 
+    def run_lifecycle(self):
+        """Runs the buckets' lifecycle transitions once (OSS runs them daily); with
+        advance_time, objects reach IA / Archive as they would after that many days.
+        Returns [(bucket, key, new storage class)]."""
+        return self.store.run_lifecycle()
+
     def admin(self, method, path, body):
         if path == "health":
             return {"status": "ok", "endpoint": self.endpoint, "endpoint_ip": self.endpoint_ip,
@@ -1016,6 +1077,18 @@ class LocalOSS:
         if path == "advance-time" and method == "POST":
             self.advance_time(float(body["seconds"]))
             return {"advanced": body["seconds"]}
+        if path == "run-lifecycle" and method == "POST":
+            return {"transitioned": [list(m) for m in self.run_lifecycle()]}
+        if path == "settings" and method == "POST":
+            unknown = set(body) - {"restore_delay_seconds"}
+            if unknown:
+                raise ValueError(f"unknown settings: {sorted(unknown)}; known: restore_delay_seconds")
+            if "restore_delay_seconds" in body:
+                delay = float(body["restore_delay_seconds"])
+                if delay < 0:
+                    raise ValueError("restore_delay_seconds must be 0 or more")
+                self.restore_delay_seconds = delay
+            return {"restore_delay_seconds": self.restore_delay_seconds}
         raise KeyError(f"no control endpoint {method} /-/{path}")
 
     # -- what follows a change ------------------------------------------------------
@@ -1056,7 +1129,8 @@ class LocalOSS:
                 return  # the source version was deleted before its copy ran
         copy = store.put(target, key, writer, version.content_type, dict(version.meta),
                          dict(version.tags), dict(version.sse), version.object_type,
-                         etag=version.etag, crc64=version.crc64)
+                         etag=version.etag, crc64=version.crc64,
+                         storage_class=version.storage_class)
         self.object_created(target, key, copy, "PutObject", _request_id(), "127.0.0.1")
 
     def _replicate_delete(self, target, key):

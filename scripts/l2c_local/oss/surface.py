@@ -22,7 +22,8 @@ QUALIFIERS = frozenset({"versionId", "partNumber", "comp", "wormExtend", "contin
 ALWAYS_HONOURED = frozenset({"x-oss-date", "x-oss-security-token", "x-oss-content-sha256"})
 SERVER_SIDE_ENCRYPTION = frozenset({"x-oss-server-side-encryption", "x-oss-server-side-encryption-key-id",
                                     "x-oss-server-side-data-encryption"})
-OBJECT_WRITE = frozenset({"x-oss-tagging", "x-oss-forbid-overwrite"}) | SERVER_SIDE_ENCRYPTION
+OBJECT_WRITE = frozenset({"x-oss-tagging", "x-oss-forbid-overwrite", "x-oss-storage-class"}) \
+    | SERVER_SIDE_ENCRYPTION
 COPY = OBJECT_WRITE | {"x-oss-copy-source", "x-oss-metadata-directive", "x-oss-tagging-directive"}
 CONDITIONS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
 
@@ -59,6 +60,7 @@ OPERATIONS = {
     ("object", "PUT", "tagging"): ({"versionId"}, NONE),
     ("object", "DELETE", "tagging"): ({"versionId"}, NONE),
     ("object", "POST", "uploads"): (NONE, OBJECT_WRITE),
+    ("object", "POST", "restore"): ({"versionId"}, NONE),  # RestoreObject
     ("object", "PUT", "uploadId"): ({"partNumber"}, NONE),
     # CompleteMultipartUpload: OSS documents no SSE headers here, but oss2 callers (L2C
     # among them) pass the initiate's headers again; they are taken and ignored, the

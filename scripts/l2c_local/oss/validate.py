@@ -1,10 +1,11 @@
 """What OSS refuses in a request, refused here the same way: object names, tags, version
-ids and lifecycle rules, by the limits the OSS documentation gives (cited in README.md)."""
+ids, storage classes, restore requests and lifecycle rules, by the limits the OSS
+documentation gives (cited in README.md)."""
 import re
 from datetime import datetime
 from urllib.parse import parse_qsl
 
-from .store import OSSError
+from .store import RESTORE_MAX_DAYS, RESTORE_TIERS, STORAGE_CLASSES, OSSError
 
 MAX_KEY_BYTES = 1023
 MAX_OBJECT_TAGS = 10
@@ -68,6 +69,52 @@ def version_id(value):
         raise OSSError(400, "InvalidArgument", "Invalid version id specified.", "0012-00000202",
                        extra={"ArgumentName": "versionId", "ArgumentValue": value[:64]})
     return value
+
+
+def storage_class(value, ec="0017-00000132"):
+    """An x-oss-storage-class header (None when absent): one of the classes OSS documents.
+    Empty is EC 0017-00000131; anything else unknown is EC 0017-00000132 on PutObject and
+    InitiateMultipartUpload, 0013-00000101 on CopyObject and PutBucket."""
+    if value is None:
+        return None
+    if value == "":
+        raise OSSError(400, "InvalidArgument", "The x-oss-storage-class header cannot be empty.",
+                       "0017-00000131", extra={"ArgumentName": "x-oss-storage-class"})
+    if value not in STORAGE_CLASSES:
+        raise OSSError(400, "InvalidArgument", f"Invalid storage class {value[:64]!r}: one of "
+                       f"{', '.join(STORAGE_CLASSES)}.", ec,
+                       extra={"ArgumentName": "x-oss-storage-class", "ArgumentValue": value[:64]})
+    return value
+
+
+def restore_request(root, storage_class):
+    """(days, tier) of a RestoreRequest document (None: no body, 1 day, no tier) for an
+    object of that frozen class: Days 1-7 for Archive, 1-365 for the colder classes; Tier
+    (JobParameters) for the colder classes only (Expedited / Standard / Bulk; Deep Cold
+    Archive has no Bulk), EC 0016-00000703 when unknown."""
+    if root is None:
+        return 1, ""
+    days_text = root.findtext("Days")
+    try:
+        days = int(days_text) if days_text is not None else 1
+    except ValueError:
+        days = 0
+    limit = RESTORE_MAX_DAYS[storage_class]
+    if not 1 <= days <= limit:
+        raise OSSError(400, "InvalidArgument", f"Days must be 1 to {limit} for a {storage_class} "
+                       f"object, got {days_text!r}.", extra={"ArgumentName": "Days"})
+    job = root.find("JobParameters")
+    if job is None:
+        return days, ""
+    if not RESTORE_TIERS[storage_class]:
+        raise OSSError(400, "MalformedXML", "JobParameters apply to Cold Archive and Deep Cold "
+                       "Archive objects only.")
+    tier = job.findtext("Tier") or ""
+    if tier not in RESTORE_TIERS[storage_class]:
+        raise OSSError(400, "InvalidArgument", f"Tier {tier[:32]!r} is not one of "
+                       f"{', '.join(RESTORE_TIERS[storage_class])} for a {storage_class} object.",
+                       "0016-00000703", extra={"ArgumentName": "Tier"})
+    return days, tier
 
 
 def _bad_rule(message, ec):

@@ -78,7 +78,10 @@ def encoder(params):
     return lambda s: s
 
 
-def object_entry(key, version, enc, owner=True):
+def object_entry(key, version, enc, owner=True, restore_info=""):
+    """A listing's <Contents>; RestoreInfo (x-oss-restore's value) only when a restore
+    of a frozen object was asked for, as OSS lists it."""
     return [("Key", enc(key)), ("LastModified", iso8601(version.last_modified)),
             ("ETag", f'"{version.etag}"'), ("Type", version.object_type), ("Size", version.size),
-            ("StorageClass", "Standard")] + ([("Owner", OWNER)] if owner else [])
+            ("StorageClass", version.storage_class)] + ([("Owner", OWNER)] if owner else []) \
+        + ([("RestoreInfo", restore_info)] if restore_info else [])
