@@ -112,3 +112,11 @@ class BackupNotFound(L2CError):
     """The backup named (a key, a date) is not in the storage: "no object KEY in TARGET"."""
     exit_code = 22
     severity = "warning"
+
+
+class ArchiveNotReadable(L2CError):
+    """A backup (or its manifest) is in OSS's Archive / Cold Archive storage class and
+    cannot be read until OSS restores it: the restore was requested; the message says how
+    long OSS takes and what to run again (with --no-wait-archive, or when the wait ran out)."""
+    exit_code = 23
+    severity = "warning"
