@@ -83,8 +83,8 @@ def test_without_a_url_database_url_then_pg_variables_then_defaults_decide():
     ("mysql://u:hunter2x@h/d", "postgresql://"),
     ("postgresql://u:hunter2x@h:port/d", "port is not a number"),
     ("postgresql://u:hunter2x@h:99999/d", "out of range"),
-    ("postgresql://u:hunt/er2x@h/d", "port is not a number"),  # unencoded '/'
-    ("postgresql://u:hunt#er2x@h/d", "fragment"),  # unencoded '#'
+    ("postgresql://u:hunt/er2x@h/d", "unencoded"),  # unencoded '/'
+    ("postgresql://u:hunt#er2x@h/d", "unencoded"),  # unencoded '#'
     ("postgresql://u:hunter2x@h1,h2/d", "several hosts"),
     ("postgresql://u:hunter2x@h/d?sslmod=require", "unknown parameter 'sslmod'"),
     ("postgresql://u:hunter2x@h/d?sslmode=on", "sslmode 'on'"),
@@ -383,3 +383,68 @@ def test_list_databases_leaves_out_databases_the_user_may_not_connect_to(pg_clus
     as_dbt_lister = settings_for(pg_cluster, user="dbt_lister", password="dbt_lister-pw")
     assert "dbt_private" not in list_databases(as_dbt_lister)
     assert "dbt_private" in list_databases(settings_for(pg_cluster))
+
+
+# -- the URL mistakes people make, and a login with no password (issue 12) --------------------
+
+@pytest.mark.parametrize("url", [
+    "postgresql://bk:12?secretword=x@db.example.com/app",  # unencoded '?' in the password
+    "postgresql://bk:12?sslmode=x@db.example.com/app",  # ... even where it reads like a parameter
+    "postgresql://bk:ab/secretword@db.example.com/app",  # unencoded '/'
+    "postgresql://bk:ab#secretword@db.example.com/app",  # unencoded '#'
+])
+def test_an_unencoded_character_in_the_password_is_named_but_no_piece_of_it_is_shown(url):
+    with pytest.raises(ConfigInvalid) as err:
+        DatabaseSettings.from_url(url, environ={})
+    text = str(err.value)
+    assert "DATABASE_URL" in text and "unencoded" in text and "percent-encode the password" in text
+    for piece in ("secretword", "12?", "ab/", "ab#", "sslmode=x"):
+        assert piece not in text
+
+
+def test_a_misspelt_parameter_is_named_with_the_one_meant():
+    with pytest.raises(ConfigInvalid, match=r"unknown parameter 'sslmod' \(did you mean sslmode\?\)"):
+        DatabaseSettings.from_url("postgresql://u:p@h/d?sslmod=require", environ={})
+    with pytest.raises(ConfigInvalid) as err:
+        DatabaseSettings.from_url("postgresql://u:p@h/d?hunter=2", environ={})
+    assert "hunter" not in str(err.value)  # not like any parameter: may be a password's piece
+
+
+@pytest.mark.parametrize("url", ["postgresql://", "postgres://", "postgresql:///", "postgresql://:5432"])
+def test_a_url_naming_no_host_and_no_database_is_refused(url):
+    with pytest.raises(ConfigInvalid) as err:
+        DatabaseSettings.from_url(url, environ={})
+    assert "DATABASE_URL names no host and no database" in str(err.value)
+    assert "PGHOST" in err.value.hint and "PGDATABASE" in err.value.hint
+    # libpq's reading is kept where the PG* variables say where to go
+    settings = DatabaseSettings.from_url(url, environ={"PGHOST": "db", "PGDATABASE": "app"})
+    assert (settings.host, settings.dbname) == ("db", "app")
+
+
+def test_a_url_without_password_against_a_scram_server_says_where_to_put_it(pg_cluster):
+    url = f"postgresql://{pg_cluster.superuser}@{pg_cluster.host}:{pg_cluster.port}/postgres"
+    settings = DatabaseSettings.from_url(url, environ={"HOME": "/nonexistent"})
+    with pytest.raises(DatabaseUnreachable) as err:
+        connect(settings)
+    text = str(err.value)
+    assert f'the server wants a password for user "{pg_cluster.superuser}" and none is set' in text
+    assert f"{pg_cluster.host}:{pg_cluster.port}" in text
+    assert "PGPASSWORD" in err.value.hint and ".pgpass" in err.value.hint
+
+
+def test_the_password_is_found_in_pgpassfile_as_libpq_does(pg_cluster, tmp_path, monkeypatch):
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"otherhost:*:*:*:wrong\n"
+                        f"{pg_cluster.host}:{pg_cluster.port}:*:{pg_cluster.superuser}:"
+                        + pg_cluster.password.replace("\\", "\\\\").replace(":", "\\:") + "\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    url = f"postgresql://{pg_cluster.superuser}@{pg_cluster.host}:{pg_cluster.port}/postgres"
+    conn = connect(DatabaseSettings.from_url(url, environ={}))
+    try:
+        assert conn.run("SELECT 1") == [[1]]
+    finally:
+        conn.close()
+    passfile.chmod(0o644)  # libpq ignores a password file others can read; so do we
+    with pytest.raises(DatabaseUnreachable, match="none is set"):
+        connect(DatabaseSettings.from_url(url, environ={}))

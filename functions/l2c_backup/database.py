@@ -9,10 +9,12 @@ and never appear in a repr, a log line or an error message.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import socket
 import ssl
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -76,6 +78,14 @@ class DatabaseSettings:
         if url is None:
             url = environ.get("DATABASE_URL")
         parts = _parse_url(url) if url else {}
+        if url and not (parts.get("host") or parts.get("dbname")
+                        or environ.get("PGHOST") or environ.get("PGDATABASE")):
+            # libpq would read "postgresql://" as the postgres database on this machine:
+            # almost always a variable that lost its value, not a wish.
+            raise ConfigInvalid(
+                "DATABASE_URL names no host and no database",
+                hint="give the whole URL, postgresql://USER:PASSWORD@HOST:5432/DBNAME "
+                     "(or set PGHOST and PGDATABASE)")
 
         def pick(key, var, default=None):
             value = parts.get(key)
@@ -145,9 +155,17 @@ def _parse_url(url: str) -> dict[str, str]:
     def bad(what):
         return ConfigInvalid(f"DATABASE_URL is malformed: {what}", hint=_URL_HINT)
 
-    scheme, sep, _ = url.partition("://")
+    scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in ("postgresql", "postgres"):
         raise bad("it must start with postgresql:// or postgres://")
+    # The authority (user:password@host:port) ends at the first '/', '?' or '#'. An '@'
+    # after that point means one of them sits unencoded in the password, and whatever
+    # follows it (a "parameter", a "database", a "fragment") is a piece of the password:
+    # never shown, not even its name.
+    end = re.search(r"[/?#]", rest)
+    if end and "@" in rest[end.start():]:
+        raise bad("the password (or user name) holds an unencoded '/', '?', '#' or '@'; "
+                  "percent-encode the password")
     try:
         parts = urlsplit(url)
     except ValueError:  # e.g. an unencoded [ or ] read as an IPv6 address
@@ -186,9 +204,10 @@ def _parse_url(url: str) -> dict[str, str]:
         key, _, value = pair.partition("=")
         key = unquote(key)
         if key not in _URL_PARAMS:
-            # Echo the name only when it looks like one: after an unencoded '?' in the
-            # password, the "parameter" is a piece of the password.
-            shown = repr(key) if re.fullmatch(r"[a-z_]{1,32}", key) else "(not shown)"
+            # Named only when it is a slip of one we know: anything else may be a piece
+            # of a password whose '?' was not encoded.
+            meant = difflib.get_close_matches(key, _URL_PARAMS, n=1, cutoff=0.75)
+            shown = f"{key!r} (did you mean {meant[0]}?)" if meant else "(not shown)"
             raise bad(f"unknown parameter {shown} (known: {', '.join(_URL_PARAMS)}; a '?' in "
                       "the password must be written %3F)")
         found[key] = unquote(value)
@@ -211,6 +230,10 @@ def connect(settings: DatabaseSettings) -> pg8000.native.Connection:
     the server offers it, else plain; require: TLS, certificate not checked; verify-ca:
     TLS with a certificate signed by sslrootcert; verify-full: that, and the certificate
     names the host. Every failure is a DatabaseUnreachable that says what to fix."""
+    if settings.password is None:
+        found = pgpass_password(settings)
+        if found is not None:
+            settings = dataclasses.replace(settings, password=found)
     mode = settings.sslmode
     try:
         if mode == "disable":
@@ -232,6 +255,53 @@ def connect(settings: DatabaseSettings) -> pg8000.native.Connection:
         return _open(settings, _tls_context(settings))
     except (pg8000.native.InterfaceError, pg8000.native.DatabaseError, OSError) as e:
         raise _unreachable_from(settings, e) from None
+    except AttributeError:
+        # pg8000 1.31 asked for a SCRAM password it was not given: None.decode()
+        if settings.password is not None:
+            raise
+        raise unreachable(settings, NO_PASSWORD.format(user=settings.user)) from None
+
+
+NO_PASSWORD = 'the server wants a password for user "{user}" and none is set'
+
+
+def pgpass_password(settings: DatabaseSettings, environ=os.environ) -> str | None:
+    """The password libpq would take from the password file (PGPASSFILE, else ~/.pgpass)
+    for this host, port, database and user: the first line whose fields match, `*`
+    matching anything. Like libpq, a file that others may read is ignored."""
+    path = Path(environ.get("PGPASSFILE") or Path.home() / ".pgpass")
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode) or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            return None
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    # libpq matches a socket directory (or no host) as "localhost"
+    host = "localhost" if settings.host.startswith("/") else settings.host
+    wanted = (host, str(settings.port), settings.dbname, settings.user)
+    for line in lines:
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = _pgpass_fields(line)
+        if len(fields) == 5 and all(f in ("*", w) for f, w in zip(fields, wanted)):
+            return fields[4]
+    return None
+
+
+def _pgpass_fields(line: str) -> list[str]:
+    r"""hostname:port:database:username:password, with \: and \\ as escapes."""
+    fields, current, chars = [], [], iter(line)
+    for ch in chars:
+        if ch == "\\":
+            current.append(next(chars, ""))
+        elif ch == ":" and len(fields) < 4:
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    fields.append("".join(current))
+    return fields
 
 
 def _open(settings: DatabaseSettings, ssl_context) -> pg8000.native.Connection:
@@ -315,7 +385,7 @@ def _unreachable_from(settings: DatabaseSettings, error: Exception) -> DatabaseU
     elif "refuses SSL" in str(error):
         reason = f"server does not support SSL, but sslmode={settings.sslmode} requires it"
     elif "password was provided" in str(error) or "no password" in str(error):
-        reason = f'the server wants a password for user "{settings.user}" and none is set'
+        reason = NO_PASSWORD.format(user=settings.user)
     elif "network error" in str(error):
         reason = "the server closed the connection during login"
     else:
@@ -336,7 +406,11 @@ def unreachable(settings: DatabaseSettings, reason: str, what: str = "cannot con
 
 
 def _hint_for(settings: DatabaseSettings, reason: str) -> str:
-    if "password authentication failed" in reason or "wants a password" in reason:
+    if "wants a password" in reason:
+        return (f"put the password of user {settings.user!r} in DATABASE_URL "
+                "(postgresql://USER:PASSWORD@HOST:PORT/DBNAME, percent-encoded), in PGPASSWORD, "
+                "or in ~/.pgpass (PGPASSFILE; mode 0600)")
+    if "password authentication failed" in reason:
         return (f"check the password of user {settings.user!r} in DATABASE_URL / PGPASSWORD "
                 "(percent-encode special characters in the URL)")
     if "database" in reason and "does not exist" in reason:
