@@ -20,6 +20,10 @@ class StoredObject:
     parts: int = 0
     last_modified: float = 0.0
     extra: dict = field(default_factory=dict)
+    # OSS: Standard / IA / Archive / ColdArchive / DeepColdArchive ("" for a directory),
+    # and x-oss-restore for a frozen one (archive.py reads both).
+    storage_class: str = ""
+    restore: str = ""
 
 
 @dataclass

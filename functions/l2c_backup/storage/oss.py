@@ -170,7 +170,9 @@ class OSSStorage:
                 return None
         return StoredObject(key, meta.content_length, meta.etag,
                             meta.headers.get("x-oss-hash-crc64ecma", ""), meta.versionid or "",
-                            last_modified=meta.last_modified)
+                            last_modified=meta.last_modified,
+                            storage_class=meta.headers.get("x-oss-storage-class", ""),
+                            restore=meta.headers.get("x-oss-restore", ""))
 
     def open(self, key, chunk_size=1 << 20, offset=0):
         read = _ResumingRead(self, key, chunk_size, offset)
@@ -183,7 +185,9 @@ class OSSStorage:
                 page = self._call(self.bucket.list_objects_v2, prefix=prefix,
                                   continuation_token=token, max_keys=1000)
             for info in page.object_list:
-                yield StoredObject(info.key, info.size, info.etag, last_modified=info.last_modified)
+                yield StoredObject(info.key, info.size, info.etag, last_modified=info.last_modified,
+                                   storage_class=info.storage_class or "",
+                                   restore=info.restore_info or "")
             if not page.is_truncated:
                 return
             token = page.next_continuation_token
@@ -197,6 +201,23 @@ class OSSStorage:
                     raise ObjectLocked(f"{key} is under the bucket's retention policy (WORM)") from None
                 raise
         return Deleted(key, result.delete_marker, result.versionid or "")
+
+    def restore_object(self, key, days=1):
+        """Asks OSS to restore an Archive / Cold Archive object for `days` (archive.py):
+        "requested" (202), "in progress" (409 RestoreAlreadyInProgress), "restored" (200:
+        done, its copy kept longer) or "not needed" (a class that reads at once).
+        FileNotFoundError when it does not exist."""
+        config = oss2.models.RestoreConfiguration(days=days)
+        with self._failures("restore", key):
+            try:
+                result = self._call(self.bucket.restore_object, key, input=config)
+            except oss2.exceptions.RestoreAlreadyInProgress:
+                return "in progress"
+            except oss2.exceptions.OperationNotSupported:
+                return "not needed"
+            except oss2.exceptions.NoSuchKey:
+                raise FileNotFoundError(f"no object {key} in {self.url}") from None
+        return "restored" if result.status == 200 else "requested"
 
     def get_tags(self, key):
         with self._failures("read the tags of", key):
@@ -218,6 +239,10 @@ class OSSStorage:
 
 # OSS refusals another try cannot fix: what the code means, what to do.
 _REFUSALS = {
+    "InvalidObjectState": ("the object is in OSS's Archive / Cold Archive storage and not "
+                           "restored (the lifecycle rule archives the prefix after 90 days)",
+                           "run `l2c-backup restore`, `verify` or `mirror` on it: they have OSS "
+                           "restore it and wait (about 1 minute for Archive, hours for Cold Archive)"),
     "InvalidAccessKeyId": ("OSS does not know AccessKey id {key_id}",
                            "check OSS_ACCESS_KEY_ID (in FC: the function's role supplies the key)"),
     "SignatureDoesNotMatch": ("the AccessKey secret is not the one of AccessKey id {key_id}",
