@@ -39,7 +39,7 @@ def handler(event, context):
     logs.setup(json_lines=True)
     try:
         record = json.loads(event)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the decoder's limit
         record = {"raw": event.decode("utf-8", "replace")[:500] if isinstance(event, bytes) else str(event)[:500]}
     if not isinstance(record, dict):
         record = {"raw": str(record)[:500]}

@@ -48,6 +48,9 @@ def _json(data, what):
     except (ValueError, UnicodeDecodeError) as err:
         raise EventInvalid(f"{what} is not JSON: {err}",
                            'send JSON such as {"kind": "manual"}') from None
+    except RecursionError:  # json's decoder recurses once per level of nesting
+        raise EventInvalid(f"{what} is JSON nested too deeply to read ({len(data):,} bytes)",
+                           'send JSON such as {"kind": "manual"}') from None
 
 
 DRILL_REQUEST_SCHEMA = {
