@@ -1,7 +1,7 @@
 """Retention rules as invariants, over random sets of backups, kinds, verdicts (hypothesis)."""
 from hypothesis import given, settings, strategies as st
 
-from l2c_backup.prune import Backup, plan, sidecar_owner
+from l2c_backup.prune import CLAIM_SUFFIX, INCOMPLETE_AFTER_SECONDS, Backup, Incomplete, plan, sidecar_owner
 
 KINDS = ("daily", "weekly", "manual")
 
@@ -52,7 +52,8 @@ def test_the_newest_verified_backup_of_a_kind_is_always_kept(backups, keep):
 
 
 @settings(max_examples=200)
-@given(backup_sets, keeps, st.lists(st.sampled_from([".manifest.json", ".verify.json"]), max_size=2),
+@given(backup_sets, keeps,
+       st.lists(st.sampled_from([".manifest.json", ".verify.json", CLAIM_SUFFIX]), max_size=3),
        st.lists(st.text("abcxyz/._-", min_size=1, max_size=30), max_size=5))
 def test_nothing_but_backups_and_their_sidecars_is_ever_touched(backups, keep, suffixes, strangers):
     sidecars = [b.key + s for b in backups for s in suffixes]
@@ -81,3 +82,21 @@ def test_an_old_verified_backup_outlives_unverified_newer_ones():
     kept = sorted(k for k, d in decisions.items() if d.action == "keep")
     assert kept == sorted([backups[0].key, backups[3].key, backups[4].key])
     assert decisions[backups[0].key].reason == "the newest verified daily backup"
+
+
+@settings(max_examples=200)
+@given(backup_sets, keeps, st.lists(st.tuples(st.integers(300, 400), st.integers(0, 3 * 86400)),
+                                    max_size=5, unique_by=lambda t: t[0]))
+def test_objects_without_manifest_never_count_toward_retention(backups, keep, leftovers):
+    """Whatever their names or ages, objects without a manifest change no decision about
+    the backups, and are deleted only once older than the safe age."""
+    now = 1_900_000_000.0
+    incomplete = [Incomplete(make_backup("daily", day, "", False).key, now - age)
+                  for day, age in leftovers]
+    incomplete = [i for i in incomplete if i.key not in {b.key for b in backups}]
+    alone = [(d.key, d.action, d.reason) for d in plan(backups, keep)]
+    mixed = plan(backups, keep, incomplete=incomplete, now=now)
+    assert [(d.key, d.action, d.reason) for d in mixed if d.key not in {i.key for i in incomplete}] == alone
+    for i in incomplete:
+        (d,) = [d for d in mixed if d.key == i.key]
+        assert d.action == ("delete" if now - i.last_modified >= INCOMPLETE_AFTER_SECONDS else "wait")

@@ -6,12 +6,25 @@ function of what is listed, tested as a set of invariants:
   names, never by LastModified (a copy or a restore of an object changes that);
 - the newest verified (`verify=ok`) backup of a kind stays even outside `keep`, so a kind
   never loses its last verified copy;
-- only backups and their sidecars (manifest, verify file) are ever touched; sidecars go
-  with their backup, and sidecars whose backup is gone are cleaned up;
-- an object still under WORM retention is skipped and reported, with its sidecars kept.
+- a backup is an object *with its manifest* (written last): an object without one (a run
+  killed between the two, or whose manifest PUT failed) never counts toward `keep` and is
+  never offered to restore. It waits ("waiting for manifest") while a run may still be
+  writing that manifest: while its run holds an unexpired claim, and in any case until it
+  is INCOMPLETE_AFTER_SECONDS old (FC's longest run, 24 h, plus a margin). Older, it is
+  deleted with its sidecars and reported;
+- only backups, objects without manifest and their sidecars (manifest, verify file,
+  claim) are ever touched; sidecars go with their backup; a manifest or verify file
+  whose backup is gone is cleaned up, a claim whose backup is gone only once it expired
+  (an unexpired one belongs to a run still dumping);
+- an object still under WORM retention, sidecars included, is skipped and reported, and
+  the rest of the plan is applied.
 """
+import json
 import logging
+import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Optional
 
 from . import alerts, names
 from .storage import ObjectLocked
@@ -21,7 +34,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEEP = {"daily": 30, "weekly": 12, "manual": 10}  # PLAN §3: the OSS tier
 LOCAL_KEEP = 10  # PLAN §3: the local tier keeps the newest 10
-SIDECARS = (names.MANIFEST_SUFFIX, VERIFY_SUFFIX)
+# `<key>.claim`: a backup run's claim on its slot (JSON with `expires_at`), made before the
+# object is written and deleted when the run ends. A sidecar like the others.
+CLAIM_SUFFIX = ".claim"
+SIDECARS = (names.MANIFEST_SUFFIX, VERIFY_SUFFIX, CLAIM_SUFFIX)
+# An object without manifest younger than this may belong to a run still writing it: a
+# multipart object can be dated from the start of its upload, and an FC run lasts at most
+# 24 h; 2 h more for retries and clock skew between the runner and OSS.
+INCOMPLETE_AFTER_SECONDS = 26 * 3600
+WORM_SKIPPED = "skipped: still under the retention policy (WORM)"
 
 
 @dataclass(frozen=True)
@@ -33,13 +54,40 @@ class Backup:
     verified: bool = False
 
 
+@dataclass(frozen=True)
+class Incomplete:
+    """An object named like a backup without its manifest: never a backup."""
+    key: str
+    last_modified: float  # epoch seconds, as storage lists it
+    etag: str = ""  # as listed: deleted only if it is still this object
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    expires_at: Optional[float]  # epoch seconds; None when unreadable
+    last_modified: float = 0.0
+
+
+@dataclass
+class Inventory:
+    """What one listing of the kinds found."""
+    backups: list  # [Backup] with their verdicts: objects with their manifest
+    sidecars: list  # keys of manifests, verify files, claims
+    incomplete: list  # [Incomplete]
+    claims: dict  # claim key -> Claim, read only where no complete backup owns it
+
+
 @dataclass
 class Decision:
     key: str
-    action: str  # "keep" or "delete"
+    action: str  # "keep", "delete" or "wait" (an object or claim a run may still need)
     reason: str
     sidecars: list = field(default_factory=list)
     outcome: str = ""  # after applying: deleted / delete marker left / skipped (WORM) / ...
+    what: str = "backup"  # backup / incomplete (no manifest) / sidecar / claim
+    sidecars_skipped: list = field(default_factory=list)  # kept by WORM retention
+    etag: str = ""  # incomplete: the object as listed
 
 
 def parse(prefix, key):
@@ -56,17 +104,23 @@ def parse(prefix, key):
 
 
 def sidecar_owner(key):
+    """The key whose sidecar `key` is (manifest, verify file, claim), or None."""
     for suffix in SIDECARS:
         if key.endswith(suffix):
             return key[:-len(suffix)]
     return None
 
 
-def plan(backups, keep, sidecar_keys=(), prefix="db-backups/"):
-    """Decisions for `backups` of one or more kinds (keep: {kind: N}), and for sidecars.
+def plan(backups, keep, sidecar_keys=(), prefix="db-backups/", incomplete=(), claims=None,
+         now=None, incomplete_after=INCOMPLETE_AFTER_SECONDS):
+    """Decisions for `backups` of one or more kinds (keep: {kind: N}), for objects without
+    manifest (`incomplete`) and for sidecars; `claims` maps a claim's key to its Claim.
 
     Pure and deterministic: the same inputs give the same plan, in key order. A sidecar
-    is deleted only with its backup, or when it names a backup that is no longer there."""
+    is deleted only with its owner, or when it names a backup that is no longer there (a
+    claim: and has expired). Objects without manifest never change a backup's decision."""
+    now = time.time() if now is None else now
+    claims = claims or {}
     decisions = []
     groups = {}
     for b in backups:
@@ -84,30 +138,103 @@ def plan(backups, keep, sidecar_keys=(), prefix="db-backups/"):
                 decisions.append(Decision(b.key, "keep", f"the newest verified {kind} backup"))
             else:
                 decisions.append(Decision(b.key, "delete", f"older than the newest {n} {kind}"))
+    for obj in incomplete:
+        decisions.append(_incomplete_decision(obj, claims.get(obj.key + CLAIM_SUFFIX), now,
+                                              incomplete_after))
     by_key = {d.key: d for d in decisions}
     for key in sorted(sidecar_keys):
         owner = by_key.get(sidecar_owner(key))
         if owner is not None:
             owner.sidecars.append(key)
-        elif parse(prefix, sidecar_owner(key)) is not None:
-            decisions.append(Decision(key, "delete", "sidecar of a backup that is gone"))
+        elif parse(prefix, sidecar_owner(key)) is None:
+            continue  # not ours: never touched
+        elif key.endswith(CLAIM_SUFFIX):
+            decisions.append(_orphan_claim_decision(key, claims.get(key), now, incomplete_after))
+        else:
+            decisions.append(Decision(key, "delete", "sidecar of a backup that is gone",
+                                      what="sidecar"))
     return sorted(decisions, key=lambda d: d.key)
 
 
-def survey(storage, kinds):
-    """(backups with their verdicts, sidecar keys) under the prefix for these kinds."""
-    backups, sidecars = [], []
+def _hours(seconds):
+    return f"{seconds / 3600:.0f} h"
+
+
+def _claim_expiry(claim, incomplete_after):
+    # An unreadable claim expires as an object without manifest would: by its age.
+    if claim.expires_at is not None:
+        return claim.expires_at
+    return claim.last_modified + incomplete_after
+
+
+def _incomplete_decision(obj, claim, now, incomplete_after):
+    age = now - obj.last_modified
+    if claim is not None and _claim_expiry(claim, incomplete_after) > now:
+        until = datetime.fromtimestamp(_claim_expiry(claim, incomplete_after), timezone.utc)
+        return Decision(obj.key, "wait", "no manifest yet, and its run still holds its claim "
+                        f"(until {until:%Y-%m-%d %H:%M} UTC): waiting for manifest",
+                        what="incomplete", etag=obj.etag)
+    if age < incomplete_after:
+        return Decision(obj.key, "wait", f"no manifest yet ({_hours(age)} old): waiting for "
+                        f"manifest; cleaned once older than {_hours(incomplete_after)}",
+                        what="incomplete", etag=obj.etag)
+    return Decision(obj.key, "delete", f"no manifest after {_hours(age)}: an incomplete backup "
+                    "(its run died or its manifest write failed), never one to restore",
+                    what="incomplete", etag=obj.etag)
+
+
+def _orphan_claim_decision(key, claim, now, incomplete_after):
+    if claim is None:
+        return Decision(key, "wait", "claim not read: left alone", what="claim")
+    if _claim_expiry(claim, incomplete_after) > now:
+        return Decision(key, "wait", "claim of a backup run still in progress", what="claim")
+    return Decision(key, "delete", "expired claim of a run that left no backup", what="claim")
+
+
+def inventory(storage, kinds, with_verdicts=True):
+    """One listing of these kinds: backups (with their manifest; verdicts read from tags
+    unless with_verdicts=False), sidecar keys, objects without manifest, and the claims
+    that a complete backup does not own."""
+    found = Inventory([], [], [], {})
     for kind in kinds:
-        for obj in storage.list(f"{storage.prefix}{kind}/"):
-            if sidecar_owner(obj.key):
-                sidecars.append(obj.key)
+        listed = {obj.key: obj for obj in storage.list(f"{storage.prefix}{kind}/")}
+        for key, obj in listed.items():
+            if sidecar_owner(key):
+                found.sidecars.append(key)
                 continue
-            b = parse(storage.prefix, obj.key)
+            b = parse(storage.prefix, key)
             if b is None:
                 continue  # not ours: never touched
-            verified = _verdict(storage, obj.key) == "ok"
-            backups.append(Backup(b.key, b.kind, b.group, b.stamp, verified))
-    return backups, sidecars
+            if names.manifest_key(key) not in listed:
+                found.incomplete.append(Incomplete(key, obj.last_modified, obj.etag))
+                continue
+            verified = with_verdicts and _verdict(storage, key) == "ok"
+            found.backups.append(Backup(b.key, b.kind, b.group, b.stamp, verified))
+        complete = {b.key for b in found.backups}
+        for key in found.sidecars:
+            if key.endswith(CLAIM_SUFFIX) and key in listed and sidecar_owner(key) not in complete:
+                found.claims[key] = Claim(key, read_claim(storage, key), listed[key].last_modified)
+    return found
+
+
+def survey(storage, kinds):
+    """(backups with their verdicts, sidecar keys) under the prefix for these kinds. Only
+    objects with their manifest are backups: one without never appears here."""
+    found = inventory(storage, kinds)
+    return found.backups, found.sidecars
+
+
+def read_claim(storage, key):
+    """A claim's `expires_at` as epoch seconds (JSON number or ISO-8601 text; no zone
+    means UTC), or None when it is gone or unreadable."""
+    try:
+        value = json.loads(b"".join(storage.open(key)))["expires_at"]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+    except (FileNotFoundError, ValueError, TypeError, KeyError, RecursionError):
+        return None
 
 
 def _verdict(storage, key):
@@ -117,40 +244,92 @@ def _verdict(storage, key):
         return ""
 
 
-def apply(storage, decisions):
-    """Deletes what the plan says; the backup first, its sidecars only once it is gone."""
+def apply(storage, decisions, claims=None, now=None):
+    """Deletes what the plan says; an owner first, its sidecars only once it is gone. What
+    WORM retention protects is skipped and reported, and the rest is applied."""
+    claims = claims or {}
+    now = time.time() if now is None else now
     for d in decisions:
         if d.action != "delete":
-            d.outcome = "kept"
+            d.outcome = "kept" if d.action == "keep" else "left: waiting"
+            continue
+        changed = _changed_since_listed(storage, d, claims, now)
+        if changed:
+            d.outcome = f"left: {changed}"
+            log.info("%s not deleted: %s", d.key, changed)
             continue
         try:
             deleted = storage.delete(d.key)
         except ObjectLocked:
-            d.outcome = "skipped: still under the retention policy (WORM)"
+            d.outcome = WORM_SKIPPED
             log.info("%s not deleted: under WORM retention", d.key)
             continue
         d.outcome = ("deleted; a delete marker is left and the old version stays until the "
                      "bucket's lifecycle rule expires it") if deleted.delete_marker else "deleted"
         for sidecar in d.sidecars:
-            storage.delete(sidecar)
+            try:
+                storage.delete(sidecar)
+            except ObjectLocked:
+                d.sidecars_skipped.append(sidecar)
+                log.info("%s not deleted: under WORM retention", sidecar)
+        if d.sidecars_skipped:
+            d.outcome += (f"; {', '.join(d.sidecars_skipped)} kept: still under the retention "
+                          "policy (WORM), deleted by a later prune")
     return decisions
 
 
-def prune(storage, kinds, keep, dry_run=False):
-    backups, sidecars = survey(storage, kinds)
-    decisions = plan(backups, keep, sidecars, storage.prefix)
+def _changed_since_listed(storage, d, claims, now):
+    """Why an object without manifest or a claim must not be deleted after all: a run
+    finished it, replaced it or renewed its claim between the listing and now."""
+    if d.what == "incomplete":
+        head = storage.head(d.key)
+        if head is None:
+            return "gone since listed"
+        if storage.head(names.manifest_key(d.key)) is not None:
+            return "its manifest has appeared"
+        if d.etag and head.etag != d.etag:
+            return "replaced since listed"
+        claimed = read_claim(storage, d.key + CLAIM_SUFFIX)
+        if claimed is not None and claimed > now:
+            return "a run has claimed it since listed"
+    if d.what == "claim":
+        listed = claims.get(d.key)
+        if listed is None or read_claim(storage, d.key) != listed.expires_at:
+            return "claim renewed since listed"
+    return ""
+
+
+def prune(storage, kinds, keep, dry_run=False, now=None,
+          incomplete_after=INCOMPLETE_AFTER_SECONDS):
+    """Lists these kinds, plans (see the module docstring) and, unless dry_run, applies the
+    plan. `now` (epoch seconds) and `incomplete_after` set when an object without manifest
+    or a claim whose backup is gone counts as left by a dead run."""
+    found = inventory(storage, kinds)
+    now = time.time() if now is None else now
+    decisions = plan(found.backups, keep, found.sidecars, storage.prefix, found.incomplete,
+                     found.claims, now, incomplete_after)
     if not dry_run:
-        apply(storage, decisions)
+        apply(storage, decisions, found.claims, now)
     return decisions
 
 
 def summary(decisions, dry_run):
+    """The plan as a dict: counts, and every object with its action, reason and outcome.
+    `skipped` counts objects (sidecars included) kept by WORM retention; `incomplete`,
+    objects without manifest deleted (or, dry run, to delete); `waiting`, those left
+    because a run may still write their manifest."""
+    def applies(d):
+        return dry_run or d.outcome.startswith("deleted")
     return {"dry_run": dry_run,
             "kept": sum(d.action == "keep" for d in decisions),
             "deleted": sum(d.action == "delete" and d.outcome.startswith("deleted") for d in decisions),
-            "skipped": sum(d.outcome.startswith("skipped") for d in decisions),
-            "objects": [{"key": d.key, "action": d.action, "reason": d.reason,
-                         "sidecars": d.sidecars, "outcome": d.outcome} for d in decisions]}
+            "skipped": sum(d.outcome.startswith("skipped") + len(d.sidecars_skipped) for d in decisions),
+            "incomplete": sum(d.what == "incomplete" and d.action == "delete" and applies(d)
+                              for d in decisions),
+            "waiting": sum(d.what == "incomplete" and d.action == "wait" for d in decisions),
+            "objects": [{"key": d.key, "what": d.what, "action": d.action, "reason": d.reason,
+                         "sidecars": d.sidecars, "outcome": d.outcome,
+                         "sidecars_skipped": d.sidecars_skipped} for d in decisions]}
 
 
 def after_backup_hook(keep):
@@ -164,8 +343,9 @@ def after_backup_hook(keep):
                                      {"kind": kind, "target": storage.url}))
             return
         skipped = [d.key for d in decisions if d.outcome.startswith("skipped")]
+        skipped += [s for d in decisions for s in d.sidecars_skipped]
         log.info("pruned %s: %s", kind, {k: v for k, v in summary(decisions, False).items()
-                                         if k in ("kept", "deleted", "skipped")})
+                                         if k != "objects"})
         if skipped:
             log.info("kept by WORM retention: %s", ", ".join(skipped))
     return prune_after_backup

@@ -13,8 +13,11 @@ def add_parser(subparsers):
         "prune", help="delete backups beyond retention (keeps the newest N per kind)",
         description="Keep the newest N backups per kind (KEEP_DAILY 30, KEEP_WEEKLY 12, "
                     "KEEP_MANUAL 10; 10 each in a directory), and always the newest verified "
-                    "one. Prints each object with keep/delete and the reason. Objects under "
-                    "WORM retention are skipped and reported.")
+                    "one. Prints each object with keep/delete/wait and the reason. An object "
+                    "without its manifest is never a backup: it waits while a run may still "
+                    "write the manifest (26 h, or while its run's claim holds) and is deleted "
+                    "after. Objects under WORM retention, sidecars included, are skipped and "
+                    "reported.")
     p.add_argument("--kind", choices=names.KINDS, action="append",
                    help="the kind to prune (repeatable; default: all kinds)")
     p.add_argument("--keep", type=int, metavar="N", help="keep N backups of the kind(s) given")
@@ -39,11 +42,16 @@ def run(args):
         print(json.dumps(dict(report, target=storage.url, keep=keep), indent=2))
         return 0
     for obj in report["objects"]:
-        outcome = f"  -> {obj['outcome']}" if obj["outcome"] not in ("", "kept") else ""
+        outcome = f"  -> {obj['outcome']}" if obj["outcome"] not in ("", "kept", "left: waiting") else ""
         extra = f" (+{len(obj['sidecars'])} sidecar(s))" if obj["sidecars"] else ""
         print(f"{obj['action']:6} {obj['key']}{extra}: {obj['reason']}{outcome}")
     verb = "would delete" if args.dry_run else "deleted"
-    print(f"{report['kept']} kept, {verb} "
-          f"{sum(o['action'] == 'delete' for o in report['objects']) if args.dry_run else report['deleted']}"
-          f", {report['skipped']} skipped under WORM")
+    line = (f"{report['kept']} kept, {verb} "
+            f"{sum(o['action'] == 'delete' for o in report['objects']) if args.dry_run else report['deleted']}"
+            f", {report['skipped']} skipped under WORM")
+    if report["incomplete"] or report["waiting"]:
+        line += (f", {report['incomplete']} without manifest "
+                 f"{'to delete' if args.dry_run else 'deleted'}, "
+                 f"{report['waiting']} waiting for manifest")
+    print(line)
     return 0
