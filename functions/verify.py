@@ -2,6 +2,11 @@
 the events that complete an object: PutObject, PostObject, CopyObject,
 CompleteMultipartUpload).
 
+It acts only on the configured backup bucket and prefix (BACKUP_TARGET, else
+OSS_BACKUP_BUCKET + OSS_BACKUP_PREFIX): an event naming another bucket (a trigger wired to
+the DR bucket, a copied event) is logged and listed under `ignored` as oss://BUCKET/KEY,
+and nothing is read or written there.
+
 Every backup object (`.sql.gz` under the prefix) in the event is checked end to end and
 its verdict recorded; anything else (manifests, verify files) is ignored even when the
 trigger's filter is wide. So is every event that does not complete an object
@@ -29,19 +34,25 @@ def handler(event, context):
     with logs.bound(request_id=request_id, function="verify"):
         try:
             records = events.parse_oss_event(event)
-            _, oss = config.storage_target(credentials=credentials_from(context))
-            prefix = config.environment().get("OSS_BACKUP_PREFIX", "db-backups/")
+            target, oss = config.storage_target(credentials=credentials_from(context))
+            own_bucket = target[len("oss://"):].partition("/")[0] if oss else None
+            storage = open_storage(target, oss) if oss else None
             wait = int(config.environment().get("VERIFY_MANIFEST_WAIT_SECONDS", 60))
             for bucket, key, event_name in records:
+                if bucket != own_bucket:
+                    log.warning("%s in bucket %s ignored: this function verifies only the "
+                                "backup target %s; point the OSS trigger at that bucket", key,
+                                bucket, storage.url if storage else target)
+                    ignored.append(f"oss://{bucket}/{key}")
+                    continue
                 if not events.completes_an_object(event_name):
                     log.info("%s: %s does not complete an object; nothing to verify yet",
                              key, event_name)
                     ignored.append(key)
                     continue
-                if not (key.startswith(prefix) and key.endswith(names.SUFFIX)):
+                if not (key.startswith(storage.prefix) and key.endswith(names.SUFFIX)):
                     ignored.append(key)
                     continue
-                storage = open_storage(f"oss://{bucket}/{prefix}", oss)
                 try:
                     results.append(verify(storage, key, wait, request_id=request_id).summary())
                 except FileNotFoundError:

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from fc_handlers import fc_context, load_handler
+from oss_fixtures import bucket_for
 from l2c_backup import alerts, config
 from l2c_backup.backup import run_backup
 from l2c_backup.errors import BackupCorrupt, EventInvalid
@@ -195,3 +196,27 @@ def test_cli_verify_all_rechecks_every_backup_of_a_kind_and_exits_nonzero_on_a_b
     assert verdicts == {first: "ok", second: "truncated"}
     one = subprocess.run(cli[:-1] + [first], capture_output=True, text=True)
     assert one.returncode == 0 and "ok" in one.stdout
+
+
+def test_an_event_for_another_bucket_is_ignored_and_nothing_is_written_there(fc_env, bucket, capfd):
+    """A trigger wired to the DR bucket (or a replicated copy's event) must not make the
+    verify function write tags and verify files into a bucket it does not own."""
+    fc_env.create_bucket("l2c-backups-dr")
+    dr = bucket_for(fc_env, "l2c-backups-dr")
+    events = []
+    fc_env.subscribe("l2c-backups-dr", callback=events.append, prefix="db-backups/",
+                     suffix=".sql.gz", events=COMPLETING)
+    key = "db-backups/daily/backup_2026-11-27.sql.gz"
+    dr.put_object(key + ".manifest.json", b"{}")
+    dr.put_object(key, b"a replicated copy")
+    fc_env.wait_idle()
+    assert len(events) == 1
+
+    result = json.loads(verify_fn.handler(events[0], context(fc_env)))
+
+    assert result == {"results": [], "ignored": [f"oss://l2c-backups-dr/{key}"]}
+    assert dr.get_object_tagging(key).tag_set.tagging_rule == {}
+    assert not dr.object_exists(key + ".verify.json")
+    assert not bucket.object_exists(key) and not bucket.object_exists(key + ".verify.json")
+    log_line = [line for line in capfd.readouterr().err.splitlines() if "l2c-backups-dr" in line]
+    assert len(log_line) == 1 and "oss://l2c-backups/db-backups/" in log_line[0]
