@@ -2,7 +2,8 @@
 
 Alerts urgently when the newest verified backup of a kind is older than the RPO plus a
 grace period: it catches the timer that never fired and the function that never started,
-failures nobody else reports. It also checks that the alert channels and the DR endpoint
+failures nobody else reports. Backups it cannot read (wrong credentials, a dead endpoint)
+are alerted urgently too: then nobody can tell whether a backup exists. It also checks that the alert channels and the DR endpoint
 can be reached (l2c_backup.egress): a service without a route out warns in its log and
 through whichever channels still get through, and reports it in its summary.
 """
@@ -10,9 +11,9 @@ import json
 import logging
 
 from l2c_backup import config, egress, logs
-from l2c_backup.errors import ConfigInvalid, L2CError, NotCompliant
+from l2c_backup.errors import ConfigInvalid, L2CError, NotCompliant, StorageFailed
 from l2c_backup.fc import already_alerted, credentials_from, report_failure
-from l2c_backup.status import HOUR, watchdog
+from l2c_backup.status import watchdog
 from l2c_backup.storage import open_storage
 
 log = logging.getLogger("l2c_backup.handler.watchdog")
@@ -29,8 +30,13 @@ def handler(event, context):
             if not kinds or not set(kinds) <= {"daily", "weekly"}:
                 raise ConfigInvalid("WATCHDOG_KINDS must list daily and/or weekly",
                                     "e.g. WATCHDOG_KINDS=daily,weekly (manual has no schedule)")
-            grace = float(config.environment().get("WATCHDOG_GRACE_HOURS", 2)) * HOUR
-            problems = watchdog(open_storage(target, oss), kinds, grace=grace)
+            grace = config.grace_seconds(config.environment())
+            try:
+                problems = watchdog(open_storage(target, oss), kinds, grace=grace)
+            except StorageFailed as err:
+                # Elsewhere a warning; here it means nobody can tell whether backups exist.
+                err.severity = "urgent"
+                raise
         except L2CError as err:
             report_failure(log, "watchdog", err)
             raise

@@ -157,3 +157,57 @@ def test_status_honours_watchdog_grace_hours(primary):
     assert [p for p in past["rpo_problems"] if "daily" in p] == [
         "the newest verified daily backup (db-backups/daily/backup_2026-11-26.sql.gz) is 25.0 h "
         "old, over the RPO of 24 h"]
+
+
+def closed_port():
+    from l2c_local.pgcluster import free_port
+    return free_port()
+
+
+def storage_failures(oss_server):
+    """The two ways OSS is out of reach: a wrong secret, and an endpoint nobody serves."""
+    return {"wrong secret": ({"OSS_ACCESS_KEY_SECRET": "Wrong-Status-S3cret-x9"}, "l2c-backups"),
+            "dead endpoint": ({"OSS_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}, "127.0.0.1")}
+
+
+@pytest.mark.parametrize("failure", ["wrong secret", "dead endpoint"])
+def test_status_names_the_storage_failure_instead_of_missing_backups(primary, oss_server, failure):
+    storage, env = primary
+    put_backup(storage, "db-backups/daily/backup_2026-11-26.sql.gz", hours_ago=5)
+    change, named = storage_failures(oss_server)[failure]
+    result = run_status(dict(env, **change))
+    assert result.returncode == 21, result.stderr  # StorageFailed
+    assert "Traceback" not in result.stderr
+    [line] = [l for l in result.stderr.splitlines() if l.startswith("l2c-backup status:")]
+    assert named in line and "no verified daily backup" not in line
+    assert "Wrong-Status-S3cret-x9" not in result.stdout + result.stderr
+
+
+def test_status_names_an_unreadable_dr_copy_in_its_verdict(primary, oss_server, tmp_path):
+    storage, env = primary
+    put_backup(storage, "db-backups/daily/backup_2026-11-26.sql.gz", hours_ago=5)
+    put_backup(storage, "db-backups/weekly/backup_2026-W48.sql.gz", hours_ago=5)
+    result = run_status(dict(env, OSS_DR_BUCKET="l2c-backups-dr"), "--mirror", str(tmp_path))
+    assert result.returncode == 20  # the primary is fine: a finding, not a failure
+    [line] = [l for l in result.stderr.splitlines() if l.startswith("l2c-backup status:")]
+    assert "the dr copy (oss://l2c-backups-dr/db-backups/) cannot be read" in line
+    assert "NoSuchBucket" in line
+
+
+@pytest.mark.parametrize("failure", ["wrong secret", "dead endpoint"])
+def test_watchdog_logs_and_alerts_a_storage_failure_once(primary, oss_server, alerts_sent,
+                                                         monkeypatch, capsys, failure):
+    change, named = storage_failures(oss_server)[failure]
+    for name, value in change.items():
+        monkeypatch.setenv(name, value)
+    from l2c_backup.errors import StorageFailed
+    with pytest.raises(StorageFailed) as err:
+        watchdog_fn.handler(b"{}", fc_context(name="watchdog"))
+    assert named in str(err.value)
+    [alert] = alerts_sent
+    assert alert.title == "watchdog failed" and alert.severity == "urgent"  # nobody sees the RPO
+    assert named in alert.reason
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    errors = [line["message"] for line in logged if line["level"] == "error"
+              and "watchdog failed (StorageFailed" in line["message"]]
+    assert len(errors) == 1 and "Wrong-Status-S3cret-x9" not in json.dumps(logged)

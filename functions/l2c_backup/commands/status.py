@@ -3,7 +3,7 @@ import json
 import time
 
 from .. import config, names
-from ..errors import NotCompliant
+from ..errors import L2CError, NotCompliant
 from ..status import Location, report, survey
 from ..storage import open_storage
 
@@ -37,8 +37,11 @@ def locations(environ, source, mirror):
         loc = Location(name, url, "OSS" if url.startswith("oss://") else "local disk", offsite)
         try:
             loc.backups = survey(open_storage(url, settings))
-        except Exception as exc:  # an unreachable copy is a finding, not a crash
-            loc.error = f"{type(exc).__name__}: {exc}"
+        except (L2CError, OSError) as exc:
+            if name == "primary":
+                raise  # nothing to report on: say why (StorageFailed names endpoint and bucket)
+            # an unreachable copy is a finding, not a crash
+            loc.error = str(exc.args[0]) if isinstance(exc, L2CError) else f"{type(exc).__name__}: {exc}"
         result.append(loc)
     return result
 
@@ -54,8 +57,10 @@ def run(args):
     else:
         print_report(result)
     if not result["compliant"]:
-        raise NotCompliant("backups are not 3-2-1 compliant" +
-                           (": " + "; ".join(result["rpo_problems"]) if result["rpo_problems"] else ""),
+        problems = result["rpo_problems"] + [
+            f"the {loc['name']} copy ({loc['url']}) cannot be read: {loc['error']}"
+            for loc in result["locations"] if loc["error"]]
+        raise NotCompliant("backups are not 3-2-1 compliant" + (": " + "; ".join(problems) if problems else ""),
                            "see the report above: missing copies, media or an off-site copy")
     return 0
 
@@ -75,6 +80,9 @@ def print_report(r):
             print(f"  {loc['name']} ({loc['url']}) unreadable: {loc['error']}")
     for problem in r["rpo_problems"]:
         print(f"RPO: {problem}")
+    for cold in r.get("needs_restore", []):
+        print(f"needs a restore from OSS before it can be read: {cold['key']} ({cold['state']}; "
+              "restore, verify and mirror request it themselves)")
     cost = r["monthly_cost_cny"]
     print(f"estimated OSS cost: CNY {cost['total']:.2f}/month (standard {cost['standard']:.2f}, "
           f"IA {cost['ia']:.2f}, archive {cost['archive']:.2f}, replication {cost['crr_traffic']:.2f})")
