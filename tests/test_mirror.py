@@ -12,12 +12,15 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from l2c_backup import config, mirror as mirror_mod
+import tenacity
+
+from l2c_backup import config, mirror as mirror_mod, retry
 from l2c_backup.backup import run_backup
 from l2c_backup.commands import mirror as mirror_command
-from l2c_backup.errors import BackupCorrupt, ConfigInvalid, UploadFailed
+from l2c_backup.errors import BackupCorrupt, ConfigInvalid, StorageFailed, UploadFailed
 from l2c_backup.mirror import mirror
 from l2c_backup.storage import open_storage
+from l2c_backup.storage import oss as oss_backend
 from l2c_local.oss import Fault, LocalOSS
 from l2c_local.pgcluster import table_digests
 
@@ -38,6 +41,15 @@ class KeyFault(Fault):
         return (super().matches(method, bucket, key, params) and not params
                 and (self.key is None or key == self.key)
                 and (self.suffix is None or (key or "").endswith(self.suffix)))
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch):
+    """The real read policy (attempt cap, what is transient) without the jittered sleeps."""
+    for name in ("oss_policy", "read_policy"):
+        real = getattr(retry, name)
+        monkeypatch.setattr(oss_backend, name,
+                            lambda *a, _real=real, **k: {**_real(*a, **k), "wait": tenacity.wait_none()})
 
 
 def counter(**criteria):
@@ -166,13 +178,15 @@ def test_an_interrupted_copy_leaves_a_partial_that_the_next_run_resumes(
     key = backup_keys(real_backups, "manual")[-1]
     size = len(real_backups[key])
     partial = os.path.join(root, os.path.dirname(key), ".partial-" + os.path.basename(key))
-    cut = oss_server.inject(KeyFault(method="GET", key=key, drop_response_after=size // 5,
-                                    times=None))
+    oss_server.inject(KeyFault(method="GET", key=key, drop_response_after=size // 5))
+    # every resume then drops before a byte arrives: the read ends after the retries
+    cut = oss_server.inject(KeyFault(method="GET", key=key, drop_response_after=0, times=None))
 
-    with pytest.raises(UploadFailed, match=key) as failed:
+    with pytest.raises(StorageFailed, match=key) as failed:
         mirror(source, root, keep=2, chunk_size=64 * 1024)
 
-    assert cut.hits == mirror_mod.ATTEMPTS
+    assert cut.hits == retry.READ_ATTEMPTS
+    assert "dropped" in str(failed.value) and oss_server.endpoint in str(failed.value)
     assert not os.path.exists(os.path.join(root, key))
     assert failed.value.report.pruned == [] and failed.value.report.count("copied") == 5
     have = os.path.getsize(partial)
@@ -192,6 +206,23 @@ def test_an_interrupted_copy_leaves_a_partial_that_the_next_run_resumes(
     assert (item.action, item.resumed_from, item.bytes) == ("resumed", have, size - have)
     assert_intact(root, key, real_backups)
     assert not os.path.exists(partial) and not os.path.exists(partial + mirror_mod.SOURCE_SUFFIX)
+
+
+def test_a_source_that_refuses_is_one_storage_failed_line_and_nothing_is_deleted(
+        source, real_backups, oss_server, tmp_path):
+    root = str(tmp_path / "mirror")
+    mirror(source, root, keep=2)
+    before = files_in(root)
+    target, settings = config.storage_target(env_for(oss_server, OSS_ACCESS_KEY_SECRET="not-it"))
+    wrong = open_storage(target, settings)
+
+    with pytest.raises(StorageFailed) as failed:
+        mirror(wrong, root, keep=1)
+
+    text = str(failed.value)
+    assert "SignatureDoesNotMatch" in text and oss_server.endpoint in text and "l2c-backups" in text
+    assert "not-it" not in text and oss_server.access_key_secret not in text
+    assert files_in(root) == before
 
 
 def test_a_partial_of_another_version_of_the_object_is_started_over(source, real_backups, tmp_path):

@@ -7,9 +7,11 @@ directory to `keep`. Safety rules:
   `.partial-<name>` beside its final name, hashed on the way, and renamed into place only
   when it matches (a mismatch is tried once more from scratch, then reported by key);
 - what is already there and intact (same manifest, file hashing to it) is not fetched;
-- an interrupted copy resumes: the partial keeps its deterministic name and a sidecar
-  naming the source ETag, and the next run hashes what is there and asks only for the
-  rest (a ranged GET); a different ETag means another object, so it starts over;
+- an interrupted copy resumes: within a run the storage seam resumes a read cut short
+  itself (a ranged GET from the last byte, retry.read_policy); across runs the partial
+  keeps its deterministic name and a sidecar naming the source ETag, and the next run
+  hashes what is there and asks only for the rest (`open(key, offset=)`); a different
+  ETag means another object, so it starts over;
 - a run in which any copy failed deletes nothing from the directory;
 - one run at a time per directory (a lock file): two would append to the same partial.
 """
@@ -20,18 +22,11 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-import oss2
-import requests
-import urllib3
-from tenacity import Retrying
-
 from . import manifest, names, prune
-from .errors import BackupCorrupt, ConfigInvalid, UploadFailed
+from .errors import BackupCorrupt, ConfigInvalid, StorageFailed, UploadFailed
 from .logs import bound
-from .retry import describe, oss_policy
-from .storage import read_chunks
+from .retry import describe
 from .storage.directory import PARTIAL, DirectoryStorage
-from .storage.oss import OSSStorage
 
 try:
     import fcntl
@@ -41,15 +36,8 @@ except ImportError:  # Windows: no advisory locks; one run at a time is then up 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
-ATTEMPTS = 3  # reads of one object cut short, each resumed where the last one stopped
 SOURCE_SUFFIX = ".source.json"  # beside a partial: which source object its bytes belong to
 LOCK_NAME = ".l2c-mirror.lock"
-
-# A connection dropped mid-body surfaces from requests/urllib3 while the stream is read,
-# not from oss2 (which only wraps failures on the way out).
-TRANSPORT_ERRORS = (oss2.exceptions.RequestError, requests.exceptions.RequestException,
-                    urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
-
 
 @dataclass
 class Item:
@@ -59,6 +47,7 @@ class Item:
     bytes: int = 0  # read from the source for this backup (0 when skipped)
     resumed_from: int = 0  # bytes of an earlier run's partial that were kept
     detail: str = ""
+    hint: str = ""  # what to do, when the storage refused
 
 
 @dataclass
@@ -95,54 +84,6 @@ class Mismatch(Exception):
     """The bytes read do not match the manifest (or the source changed while read)."""
 
 
-@dataclass(frozen=True)
-class RangeRead:
-    start: int  # where the bytes begin: the offset asked for, or 0 when all were sent
-    etag: str  # of the object actually read
-    chunks: object  # iterator of bytes
-    close: object  # releases the file or connection, also when not read to the end
-
-
-def open_range(storage, key, offset, chunk_size=CHUNK_SIZE):
-    """The object's bytes from `offset` on, for resuming a copy: a verb the Storage
-    protocol lacks, so it is done here per backend. `start` says where the bytes really
-    begin (0 when the backend sent the whole object), `etag` which object they are from.
-    FileNotFoundError when the object does not exist."""
-    if isinstance(storage, OSSStorage):
-        return _oss_range(storage, key, offset, chunk_size)
-    if isinstance(storage, DirectoryStorage):
-        f = open(storage._path(key), "rb")
-        st = os.fstat(f.fileno())
-        start = offset if 0 < offset <= st.st_size else 0
-        f.seek(start)
-        return RangeRead(start, f"{st.st_size}-{st.st_mtime_ns}", read_chunks(f, chunk_size),
-                         f.close)
-    info = storage.head(key)  # any other backend: no ranges, read it all
-    if info is None:
-        raise FileNotFoundError(key)
-    chunks = storage.open(key, chunk_size)
-    return RangeRead(0, _etag(info.etag), chunks, getattr(chunks, "close", lambda: None))
-
-
-def _oss_range(storage, key, offset, chunk_size):
-    def get(byte_range):
-        for attempt in Retrying(**oss_policy()):
-            with attempt:
-                return storage.bucket.get_object(key, byte_range=byte_range)
-    try:
-        try:
-            result = get((offset, None) if offset > 0 else None)
-        except oss2.exceptions.ServerError as exc:
-            if exc.status != 416:  # a range past the end: the object shrank, read it all
-                raise
-            result = get(None)
-    except oss2.exceptions.NoSuchKey:
-        raise FileNotFoundError(f"{storage.url} has no object {key}") from None
-    # OSS answers a range it does not like with the whole object (200), not an error.
-    start = offset if offset > 0 and result.status == 206 else 0
-    return RangeRead(start, _etag(result.etag), read_chunks(result, chunk_size), result.close)
-
-
 def _etag(value):
     return (value or "").strip('"')
 
@@ -172,12 +113,13 @@ def select(source, kinds, keep):
     return [listed[b.key] for b in order], sorted(without_manifest)
 
 
-def mirror(source, dest_root, keep, kinds=None, chunk_size=CHUNK_SIZE, attempts=ATTEMPTS):
+def mirror(source, dest_root, keep, kinds=None, chunk_size=CHUNK_SIZE):
     """Mirrors the newest `keep` (a number, or {kind: number}) backups of each kind from
     the `source` storage into the directory `dest_root`, then prunes the directory to the
     same count. Returns a MirrorReport; when a copy failed, raises BackupCorrupt (bytes
-    that do not match their manifest) or UploadFailed (anything else), naming each key,
-    with the report as `.report`, after copying everything else."""
+    that do not match their manifest) or StorageFailed (a storage refused or could not
+    be reached, either side), naming each key, with the report as `.report`, after
+    copying everything else. A source that cannot be listed is StorageFailed at once."""
     started = time.monotonic()
     kinds = list(kinds or names.KINDS)
     keep = dict.fromkeys(kinds, keep) if isinstance(keep, int) else {k: keep[k] for k in kinds}
@@ -196,7 +138,7 @@ def mirror(source, dest_root, keep, kinds=None, chunk_size=CHUNK_SIZE, attempts=
         chosen, report.without_manifest = select(source, kinds, keep)
         for obj in chosen:
             with bound(key=obj.key):
-                report.items.append(_mirror_one(source, dest, obj, chunk_size, attempts))
+                report.items.append(_mirror_one(source, dest, obj, chunk_size))
         report.partials_removed = _remove_stale_partials(dest, kinds, {o.key for o in chosen})
         if not report.failed:
             decisions = prune.prune(dest, kinds, keep)
@@ -207,18 +149,21 @@ def mirror(source, dest_root, keep, kinds=None, chunk_size=CHUNK_SIZE, attempts=
               if k in ("copied", "skipped", "resumed", "replaced", "failed", "pruned", "bytes")})
     if report.failed:
         corrupt = [i for i in report.failed if i.detail.startswith("corrupt")]
-        error = BackupCorrupt if corrupt else UploadFailed
         listing = "; ".join(f"{i.key}: {i.detail}" for i in report.failed)
-        err = error(f"{len(report.failed)} of {len(report.items)} backups not mirrored "
-                    f"(nothing deleted from {dest.root}): {listing}",
-                    "run `l2c-backup verify` on the source key(s) named; run mirror again to "
-                    "retry (a partial copy resumes)")
+        what = (f"{len(report.failed)} of {len(report.items)} backups not mirrored "
+                f"(nothing deleted from {dest.root}): {listing}")
+        if corrupt:
+            err = BackupCorrupt(what, "run `l2c-backup verify` on the source key(s) named; run "
+                                "mirror again to retry (a partial copy resumes)")
+        else:
+            hints = list(dict.fromkeys(i.hint for i in report.failed if i.hint))
+            err = StorageFailed(what, "; ".join(hints + ["run mirror again (a partial copy resumes)"]))
         err.report = report
         raise err
     return report
 
 
-def _mirror_one(source, dest, obj, chunk_size, attempts):
+def _mirror_one(source, dest, obj, chunk_size):
     item = Item(obj.key)
     try:
         doc_bytes = b"".join(source.open(names.manifest_key(obj.key)))
@@ -239,7 +184,7 @@ def _mirror_one(source, dest, obj, chunk_size, attempts):
             dest.put_bytes(names.manifest_key(obj.key), doc_bytes)
             item.action, item.detail = "skipped", "manifest written"
             return item
-        item.resumed_from = _fetch(source, obj, path, expected, chunk_size, attempts, item)
+        item.resumed_from = _fetch(source, obj, path, expected, chunk_size, item)
         dest.put_bytes(names.manifest_key(obj.key), doc_bytes)  # last, as backup writes it
         if state == "damaged":
             item.action, item.detail = "replaced", "the local copy did not match its manifest"
@@ -252,8 +197,12 @@ def _mirror_one(source, dest, obj, chunk_size, attempts):
     except FileNotFoundError as err:
         item.action, item.detail = "failed", f"gone from the source while mirroring: {err}"
         log.error("not mirrored: %s", item.detail)
-    except TRANSPORT_ERRORS + (oss2.exceptions.OssError, OSError) as err:
+    except StorageFailed as err:
+        item.action, item.detail, item.hint = "failed", err.args[0], err.hint
+        log.error("not mirrored: %s", item.detail)
+    except OSError as err:  # the directory: full, read-only, or a directory source's file
         item.action, item.detail = "failed", describe(err)
+        item.hint = f"check free space and permissions of {dest.root}"
         log.error("not mirrored: %s", item.detail)
     return item
 
@@ -285,7 +234,7 @@ def _partial_paths(path):
     return partial, partial + SOURCE_SUFFIX
 
 
-def _fetch(source, obj, path, expected, chunk_size, attempts, item):
+def _fetch(source, obj, path, expected, chunk_size, item):
     """Streams the object into its partial and renames it into place once it matches the
     manifest. Returns the bytes of an earlier run's partial that were kept; counts the
     bytes read from the source in item.bytes."""
@@ -294,7 +243,7 @@ def _fetch(source, obj, path, expected, chunk_size, attempts, item):
     for round_ in (1, 2):  # a mismatch is tried once more, from scratch
         copy = _Partial(partial, sidecar, obj.key, _etag(obj.etag), expected)
         try:
-            copy.fill(source, chunk_size, attempts)
+            copy.fill(source, chunk_size)
             problem = copy.mismatch()
         except Mismatch as err:
             problem = str(err)
@@ -331,33 +280,22 @@ class _Partial:
         open(self.partial, "wb").close()
         self.size, self.sha = 0, hashlib.sha256()
 
-    def fill(self, source, chunk_size, attempts):
-        """Appends the rest of the object, resuming a read cut short up to `attempts`
-        times in all."""
-        for attempt in range(1, attempts + 1):
-            if self.size >= self.expected_size:
-                return  # all there (or too much): the check decides
-            try:
-                self._append(source, chunk_size)
-                return
-            except TRANSPORT_ERRORS as err:
-                if attempt == attempts:
-                    raise
-                log.warning("%s: read cut short after %d bytes (%s); resuming (attempt %d of %d)",
-                            self.key, self.size, describe(err), attempt + 1, attempts)
-
-    def _append(self, source, chunk_size):
-        rng = open_range(source, self.key, self.size, chunk_size)
+    def fill(self, source, chunk_size):
+        """Appends the rest of the object, from where the partial ends (the storage
+        resumes a read cut short on its own, from the same object)."""
+        if self.size >= self.expected_size:
+            return  # all there (or too much): the check decides
+        reading = source.open(self.key, chunk_size, offset=self.size)
         try:
-            if self.etag and rng.etag and rng.etag != self.etag:
+            if self.etag and reading.etag and _etag(reading.etag) != self.etag:
                 raise Mismatch(f"the source object changed while it was copied "
-                               f"(ETag {self.etag} -> {rng.etag})")
-            if rng.start != self.size:  # the whole object was sent: start over with it
+                               f"(ETag {self.etag} -> {_etag(reading.etag)})")
+            if reading.start != self.size:  # the whole object was sent: start over with it
                 self._start_over()
                 self.resumed_from = 0
             with open(self.partial, "ab") as f:
                 try:
-                    for chunk in rng.chunks:
+                    for chunk in reading:
                         f.write(chunk)
                         self.sha.update(chunk)
                         self.size += len(chunk)
@@ -369,7 +307,7 @@ class _Partial:
                     f.flush()
                     os.fsync(f.fileno())
         finally:
-            rng.close()
+            reading.close()
 
     def mismatch(self):
         """None when the bytes match the manifest, else what differs."""
