@@ -1,8 +1,10 @@
 """`l2c-backup restore`: bring a backup back into a database, checked on the way."""
 import json
 import os
+import re
 import sys
 import time
+from datetime import date
 
 from .. import config, names
 from ..database import DatabaseSettings
@@ -39,6 +41,8 @@ def add_parser(subparsers):
 def run(args):
     if args.kind and not (args.latest or args.date):
         raise ConfigInvalid("--kind goes with --latest or --date", "give a KEY, or --latest --kind KIND")
+    if args.date is not None:
+        check_date(args.date)
     environ = dict(os.environ, **({"OSS_ENDPOINT": args.endpoint} if args.endpoint else {}))
     target_store, oss = config.storage_target(environ, target=args.source, flag="--from")
     storage = open_storage(target_store, oss)
@@ -55,6 +59,18 @@ def run(args):
         print(f"restored {key} into {summary['database']} ({summary['bytes']:,} bytes, "
               f"{summary['sql_bytes']:,} of SQL) in {summary['restore_seconds']:.1f}s")
     return 0
+
+
+def check_date(text):
+    """--date is a real day written YYYY-MM-DD (not 2020-02-30, not 01/02/2020)."""
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            date.fromisoformat(text)
+            return
+    except ValueError:
+        pass
+    raise ConfigInvalid(f"--date {text} is not a day in the form YYYY-MM-DD",
+                        "e.g. --date 2026-11-27 (the day of the backup, Asia/Shanghai)")
 
 
 class _Bar:
