@@ -5,11 +5,15 @@ import json
 import zlib
 
 import pytest
+import tenacity
 
-from l2c_backup import alerts, config, verify as verify_mod
+from l2c_backup import alerts, config, retry, verify as verify_mod
 from l2c_backup.backup import run_backup
+from l2c_backup.errors import BackupNotFound, StorageFailed
 from l2c_backup.storage import open_storage
+from l2c_backup.storage import oss as oss_backend
 from l2c_backup.verify import check_object, verify
+from l2c_local.oss import Fault
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +172,92 @@ def test_a_new_object_under_the_same_key_is_checked_again(storage, good_backup, 
     store(storage, key, data, doc)  # a later run replaced it (daily without manifest)
     assert verify(storage, key, 1).reason == "ok"
     assert storage.get_tags(key)["verify"] == "ok"
+
+
+def test_verifying_a_key_that_does_not_exist_says_no_object_key_in_target(storage, alerts_sent):
+    key = "db-backups/daily/backup_2020-01-01.sql.gz"
+
+    with pytest.raises(BackupNotFound) as caught:
+        verify(storage, key, 0)
+
+    assert str(caught.value).splitlines()[0] == f"no object {key} in {storage.url}"
+    assert caught.value.exit_code == 22
+    assert storage.head(key + ".verify.json") is None and alerts_sent == []
+    with pytest.raises(BackupNotFound):
+        check_object(storage, key, 0)
+
+
+# -- a connection dropped while verify reads (OSS) -------------------------------------
+
+class KeyGet(Fault):
+    """A fault on the plain GETs of one key (not its ?tagging, not its manifest)."""
+
+    def __init__(self, key, **kwargs):
+        super().__init__(method="GET", **kwargs)
+        self.key = key
+
+    def matches(self, method, bucket, key, params):
+        return super().matches(method, bucket, key, params) and key == self.key and not params
+
+
+@pytest.fixture
+def oss(oss_server, monkeypatch):
+    """The OSS storage, with the real retry policies minus their sleeps."""
+    for name in ("oss_policy", "read_policy"):
+        real = getattr(retry, name)
+        monkeypatch.setattr(oss_backend, name,
+                            lambda *a, _real=real, **k: {**_real(*a, **k), "wait": tenacity.wait_none()})
+    _, settings = config.storage_target({"OSS_ENDPOINT": oss_server.endpoint,
+                                         "OSS_BACKUP_BUCKET": "l2c-backups",
+                                         "OSS_ACCESS_KEY_ID": oss_server.access_key_id,
+                                         "OSS_ACCESS_KEY_SECRET": oss_server.access_key_secret})
+    return open_storage("oss://l2c-backups/db-backups/", settings)
+
+
+def test_a_connection_dropped_mid_object_is_resumed_and_the_verdict_is_ok(
+        oss, oss_server, good_backup, alerts_sent):
+    key, data, doc = good_backup
+    store(oss, key, data, doc)
+    assert len(data) > 2 * verify_mod.READ_SIZE, "the drop must fall mid-object"
+    gets = oss_server.inject(KeyGet(key, skip=10**9, times=None))  # counts only
+    drop = oss_server.inject(KeyGet(key, drop_response_after=len(data) // 2))
+    have = len(data) // 2 // verify_mod.READ_SIZE * verify_mod.READ_SIZE  # whole chunks only
+    # a second GET of the whole object would be cut again: only the rest fits
+    oss_server.inject(KeyGet(key, skip=1, times=None, drop_response_after=len(data) - have))
+
+    verdict = verify(oss, key, 1)
+
+    assert verdict.reason == "ok", verdict.detail
+    assert verdict.bytes == len(data) and verdict.sha256 == doc["object"]["sha256"]
+    assert drop.hits == 1 and gets.seen == 2, "one drop, one ranged GET for the rest"
+    assert oss.get_tags(key) == {"verify": "ok", "verify-reason": "ok"} and alerts_sent == []
+
+
+def test_a_damaged_backup_read_through_a_dropped_connection_is_still_named_damaged(
+        oss, oss_server, good_backup):
+    key, data, doc = good_backup
+    bad = data[:len(data) * 3 // 4]
+    store(oss, key, bad, with_size(doc, bad))
+    drop = oss_server.inject(KeyGet(key, drop_response_after=len(bad) // 3))
+
+    assert check_object(oss, key, 1).reason == "truncated"
+    assert drop.hits == 1
+
+
+def test_drops_that_outlast_the_retries_are_one_storage_failed_line_and_no_verdict(
+        oss, oss_server, good_backup, alerts_sent):
+    key, data, doc = good_backup
+    store(oss, key, data, doc)
+    oss_server.inject(KeyGet(key, drop_response_after=len(data) // 2))
+    again = oss_server.inject(KeyGet(key, drop_response_after=0, times=None))
+
+    with pytest.raises(StorageFailed) as caught:
+        verify(oss, key, 1)
+
+    assert again.hits == retry.READ_ATTEMPTS
+    message = str(caught.value).splitlines()[0]
+    assert key in message and "l2c-backups" in message and oss_server.endpoint in message
+    assert "dropped" in message and oss_server.access_key_secret not in str(caught.value)
+    # a read that failed is no verdict: nothing recorded, no "verify failed" alert
+    assert oss.get_tags(key) == {} and oss.head(key + ".verify.json") is None
+    assert alerts_sent == []

@@ -19,6 +19,7 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from . import alerts, manifest, names
 from .dump import CLUSTER_DUMP_COMPLETE, DUMP_COMPLETE, ends_with_marker
+from .errors import BackupNotFound
 from .logs import bound
 
 log = logging.getLogger(__name__)
@@ -163,19 +164,29 @@ def wait_for_manifest(storage, key, wait_seconds):
     return retrying(fetch)
 
 
+def not_found(storage, key):
+    """The error for a key that is not there: one line naming key and storage."""
+    return BackupNotFound(f"no object {key} in {storage.url}",
+                          "check the key (`l2c-backup status` lists the backups) and --from")
+
+
 def check_object(storage, key, manifest_wait_seconds=60):
-    """Streams `key` and returns its Verdict (no side effects)."""
+    """Streams `key` and returns its Verdict (no side effects). BackupNotFound when there
+    is no such object; StorageFailed when the storage cannot be read (that is no verdict)."""
     started = time.monotonic()
     info = storage.head(key)
-    verdict = Verdict(key, "ok", etag=info.etag if info else "",
-                      version_id=info.version_id if info else "",
+    if info is None:
+        raise not_found(storage, key)
+    verdict = Verdict(key, "ok", etag=info.etag, version_id=info.version_id,
                       checked_at=names.now().isoformat())
     gz, sha, crc = GzipStreamCheck(), hashlib.sha256(), Crc64(0)
     try:
-        if info is None:
-            raise FileNotFoundError(key)
         check_crc = bool(info.crc64)  # a directory reports none: nothing to compare with
-        for data in storage.open(key, READ_SIZE):
+        try:
+            reading = storage.open(key, READ_SIZE)
+        except FileNotFoundError:  # deleted since the HEAD above
+            raise not_found(storage, key) from None
+        for data in reading:
             sha.update(data)
             if check_crc:
                 crc.update(data)
@@ -192,7 +203,7 @@ def check_object(storage, key, manifest_wait_seconds=60):
     finally:
         verdict.members, verdict.sql_bytes = gz.members, gz.sql_bytes
         verdict.sha256 = sha.hexdigest()
-        verdict.crc64 = str(crc.crc) if info is not None and info.crc64 else ""
+        verdict.crc64 = str(crc.crc) if info.crc64 else ""
         verdict.seconds = time.monotonic() - started
     return verdict
 
@@ -238,11 +249,15 @@ def record(storage, verdict, overwrite=True):
 
 def verify(storage, key, manifest_wait_seconds=60, recheck=False, request_id=""):
     """Checks one backup, records the verdict, alerts on failure. Idempotent: the same
-    object checked again by a repeated event returns the recorded verdict, no new alert."""
+    object checked again by a repeated event returns the recorded verdict, no new alert.
+    BackupNotFound ("no object KEY in TARGET") when there is no such object; a read that
+    fails (StorageFailed) records nothing."""
     with bound(key=key, request_id=request_id or None):
         info = storage.head(key)
+        if info is None:
+            raise not_found(storage, key)
         earlier = recorded_verdict(storage, key)
-        same_object = earlier is not None and info is not None and earlier.etag == info.etag
+        same_object = earlier is not None and earlier.etag == info.etag
         if same_object and not recheck:
             log.info("already verified (%s); nothing to do", earlier.reason)
             return earlier
