@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 
 import oss2
 
-from l2c_backup import errors
+from l2c_backup import config, errors
+from l2c_backup.backup import run_backup
 from l2c_backup.prune import (CLAIM_SUFFIX, INCOMPLETE_AFTER_SECONDS, parse, prune, sidecar_owner,
                               summary, survey)
 from l2c_backup.restore import find_backup
@@ -122,6 +123,25 @@ def test_a_directory_cleans_an_old_object_without_manifest_through_the_cli(tmp_p
     assert "1 without manifest deleted, 1 waiting for manifest" in done.stdout.splitlines()[-1]
     assert not (tmp_path / daily_key(7)).exists() and (tmp_path / daily_key(8)).exists()
     assert live_backups(storage) == [daily_key(0), daily_key(1), daily_key(8)]
+
+
+def test_the_prune_after_each_backup_ignores_and_cleans_objects_without_manifest(
+        tmp_path, pg_cluster, seeded_db):
+    env = {"DATABASE_URL": pg_cluster.url(seeded_db), "BACKUP_TARGET": str(tmp_path),
+           "KEEP_MANUAL": "2"}
+    storage = open_storage(str(tmp_path))
+    newer = "db-backups/manual/backup_2099-01-01T00-00-00.sql.gz"  # sorts after every backup
+    dead = "db-backups/manual/backup_2020-01-01T00-00-00.sql.gz"
+    for key in (newer, dead):
+        storage.put_bytes(key, b"a run died before its manifest")
+    old = time.time() - INCOMPLETE_AFTER_SECONDS - HOUR
+    os.utime(tmp_path / dead, (old, old))
+
+    made = [run_backup(config.load(env), "manual")["backups"][0]["key"] for _ in range(2)]
+
+    manual = sorted(o.key for o in storage.list("db-backups/manual/") if o.key.endswith(".sql.gz"))
+    assert manual == sorted(made + [newer])  # both backups kept: `newer` is not one
+    assert find_backup(storage, latest=True) == max(made)
 
 
 # -- 2. claims are sidecars ---------------------------------------------------------------

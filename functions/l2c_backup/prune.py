@@ -191,16 +191,17 @@ def _orphan_claim_decision(key, claim, now, incomplete_after):
     return Decision(key, "delete", "expired claim of a run that left no backup", what="claim")
 
 
-def inventory(storage, kinds, with_verdicts=True):
-    """One listing of these kinds: backups (with their manifest; verdicts read from tags
-    unless with_verdicts=False), sidecar keys, objects without manifest, and the claims
-    that a complete backup does not own."""
+def inventory(storage, kinds):
+    """One listing of these kinds: backups (objects with their manifest, with verdicts
+    from their tags), sidecar keys, objects without manifest, and the claims no complete
+    backup owns (read, to know whether they expired)."""
     found = Inventory([], [], [], {})
     for kind in kinds:
         listed = {obj.key: obj for obj in storage.list(f"{storage.prefix}{kind}/")}
+        sidecars, complete = [], set()
         for key, obj in listed.items():
             if sidecar_owner(key):
-                found.sidecars.append(key)
+                sidecars.append(key)
                 continue
             b = parse(storage.prefix, key)
             if b is None:
@@ -208,12 +209,13 @@ def inventory(storage, kinds, with_verdicts=True):
             if names.manifest_key(key) not in listed:
                 found.incomplete.append(Incomplete(key, obj.last_modified, obj.etag))
                 continue
-            verified = with_verdicts and _verdict(storage, key) == "ok"
-            found.backups.append(Backup(b.key, b.kind, b.group, b.stamp, verified))
-        complete = {b.key for b in found.backups}
-        for key in found.sidecars:
-            if key.endswith(CLAIM_SUFFIX) and key in listed and sidecar_owner(key) not in complete:
+            complete.add(key)
+            found.backups.append(Backup(b.key, b.kind, b.group, b.stamp,
+                                        _verdict(storage, key) == "ok"))
+        for key in sidecars:
+            if key.endswith(CLAIM_SUFFIX) and sidecar_owner(key) not in complete:
                 found.claims[key] = Claim(key, read_claim(storage, key), listed[key].last_modified)
+        found.sidecars += sidecars
     return found
 
 
@@ -348,4 +350,7 @@ def after_backup_hook(keep):
                                          if k != "objects"})
         if skipped:
             log.info("kept by WORM retention: %s", ", ".join(skipped))
+        for d in decisions:
+            if d.what == "incomplete":
+                log.info("%s: %s%s", d.key, d.reason, f" -> {d.outcome}" if d.action == "delete" else "")
     return prune_after_backup
