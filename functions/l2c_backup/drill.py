@@ -4,10 +4,20 @@ It restores into a scratch database on the target server (always named `l2c_dril
 never the production name), checks that every table of the manifest is there with its
 row count, runs the operator's SQL checks, and always drops the scratch database, also
 when a step fails. The measured restore time is reported against the RTO (PLAN: 2 h).
+
+Scratch names are unique per run (time and a random suffix), so two drills at once (a
+timer delivered twice) never share one, and each drops only its own. A drill killed
+before its clean-up (SIGKILL, FC's timeout) leaves its scratch database: the next drill
+drops those older than any run can be and with no session connected.
 """
 import logging
+import re
+import secrets
+from datetime import datetime, timezone
 
-from . import alerts, names
+import pg8000.native
+
+from . import alerts, archive, names
 from .database import connect
 from .errors import L2CError, RestoreRefused
 from .restore import drop_database, find_backup, read_manifest, restore
@@ -16,10 +26,49 @@ log = logging.getLogger(__name__)
 
 SCRATCH_PREFIX = "l2c_drill_"
 RTO_SECONDS = 2 * 3600
+# FC's longest run (24 h) and a margin: no drill still running has a scratch database older.
+STALE_AFTER_SECONDS = 26 * 3600
+_SCRATCH = re.compile(rf"{SCRATCH_PREFIX}(?:{'|'.join(names.KINDS)})_(\d{{14}})(?:_[0-9a-f]+)?")
 
 
 def scratch_name(kind, now=None):
-    return f"{SCRATCH_PREFIX}{kind}_{(now or names.now()).strftime('%Y%m%d%H%M%S')}"
+    """`l2c_drill_<kind>_<UTC time>_<8 hex>`: unique per run, at most 40 bytes (63 allowed)."""
+    stamp = (now or names.now()).strftime('%Y%m%d%H%M%S')
+    return f"{SCRATCH_PREFIX}{kind}_{stamp}_{secrets.token_hex(4)}"
+
+
+def drop_stale_scratch(server, now=None):
+    """Drops the scratch databases of drills killed before their clean-up: named like
+    one, made over STALE_AFTER_SECONDS ago, no session connected. Returns their names;
+    a failure here is logged and never fails the drill."""
+    now = now or names.now()
+    dropped = []
+    try:
+        conn = connect(server)
+    except L2CError as err:
+        log.warning("could not look for stale drill databases: %s", err)
+        return dropped
+    try:
+        found = conn.run("SELECT d.datname, (SELECT count(*) FROM pg_stat_activity a "
+                         "WHERE a.datid = d.oid) FROM pg_database d WHERE d.datname LIKE 'l2c%'")
+        for name, sessions in found:
+            made = _SCRATCH.fullmatch(name)
+            if not made or sessions:
+                continue
+            age = now - datetime.strptime(made[1], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+            if age.total_seconds() < STALE_AFTER_SECONDS:
+                continue
+            try:
+                conn.run(f'DROP DATABASE "{name}"')  # without FORCE: a session now refuses it
+            except pg8000.native.DatabaseError as err:
+                log.warning("could not drop stale drill database %s: %s", name, err)
+                continue
+            log.warning("dropped %s: the scratch database of a drill killed before its "
+                        "clean-up (%.0f h old, no session)", name, age.total_seconds() / 3600)
+            dropped.append(name)
+    finally:
+        conn.close()
+    return dropped
 
 
 def check_restored(settings, doc, sql_checks=()):
@@ -49,7 +98,7 @@ def check_restored(settings, doc, sql_checks=()):
 
 
 def run_drill(storage, kind, server, production_db, sql_checks=(), rto_seconds=RTO_SECONDS,
-              request_id=""):
+              request_id="", wait_archive=True):
     """Restores the newest verified backup of `kind` into a scratch database on `server`
     (DatabaseSettings of a database to connect to there), checks it, drops it.
     Returns the report; alerts the result (urgent when anything failed)."""
@@ -59,17 +108,25 @@ def run_drill(storage, kind, server, production_db, sql_checks=(), rto_seconds=R
     report = {"kind": kind, "source": storage.url, "scratch_database": scratch,
               "rto_seconds": rto_seconds, "request_id": request_id}
     try:
+        report["stale_dropped"] = drop_stale_scratch(server)
         key = find_backup(storage, latest=True, kind=kind, verified_only=True)
         report["key"] = key
+        # An archived backup is restored by OSS first (archive.py), or with
+        # wait_archive=False the drill fails saying the restore was requested.
+        archive.ensure_readable(storage, [key, names.manifest_key(key)], wait=wait_archive,
+                                command="the drill")
         doc = read_manifest(storage, key)
+        # restore() drops the scratch database itself when it fails, and never touches
+        # one it did not make; once it returned, the database is ours to drop.
         result = restore(storage, key, server, create_db=scratch)
-        report["restore_seconds"] = result["restore_seconds"]
-        report["failures"] = check_restored(server.with_dbname(scratch), doc, sql_checks)
+        try:
+            report["restore_seconds"] = result["restore_seconds"]
+            report["failures"] = check_restored(server.with_dbname(scratch), doc, sql_checks)
+        finally:
+            drop_database(server, scratch)
     except L2CError as err:
         report["failures"] = [str(err)]
         report.setdefault("restore_seconds", None)
-    finally:
-        drop_database(server, scratch)
     seconds = report["restore_seconds"]
     report["within_rto"] = seconds is not None and seconds <= rto_seconds
     if seconds is not None and not report["within_rto"]:

@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from . import manifest, names, prune
+from . import archive, manifest, names, prune
 from .errors import BackupCorrupt, ConfigInvalid, StorageFailed, UploadFailed
 from .logs import bound
 from .retry import describe
@@ -113,7 +113,7 @@ def select(source, kinds, keep):
     return [listed[b.key] for b in order], sorted(without_manifest)
 
 
-def mirror(source, dest_root, keep, kinds=None, chunk_size=CHUNK_SIZE):
+def mirror(source, dest_root, keep, kinds=None, chunk_size=CHUNK_SIZE, wait_archive=True):
     """Mirrors the newest `keep` (a number, or {kind: number}) backups of each kind from
     the `source` storage into the directory `dest_root`, then prunes the directory to the
     same count. Returns a MirrorReport; when a copy failed, raises BackupCorrupt (bytes
@@ -136,6 +136,13 @@ def mirror(source, dest_root, keep, kinds=None, chunk_size=CHUNK_SIZE):
     os.makedirs(dest.root, exist_ok=True)
     with _locked(dest.root):
         chosen, report.without_manifest = select(source, kinds, keep)
+        # Archived backups and their manifests are restored by OSS first, all at once;
+        # one already here at its full size is not asked for (archive.py).
+        cold = [o for o in chosen if archive.cold(o) is not None]
+        archive.ensure_readable(source, [names.manifest_key(o.key) for o in cold] + [
+            o.key for o in cold if not (os.path.isfile(dest._path(o.key))
+                                         and os.path.getsize(dest._path(o.key)) == o.size)],
+            wait=wait_archive, command="`l2c-backup mirror`")
         for obj in chosen:
             with bound(key=obj.key):
                 report.items.append(_mirror_one(source, dest, obj, chunk_size))

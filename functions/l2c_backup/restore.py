@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 
 import pg8000.native
 
-from . import manifest, names
+from . import archive, manifest, names
 from .database import connect
 from .dump import find_pg_tool, pg_tool_version
 from .errors import BackupCorrupt, BackupNotFound, RestoreFailed, RestoreRefused
@@ -255,7 +255,7 @@ def _create_marked(admin, settings, name, key):
                 f"grant it (ALTER ROLE {settings.user} CREATEDB), or have the database created "
                 f"first (CREATE DATABASE {name} OWNER {settings.user}) and restore into it "
                 "without --create-db") from None
-        if code == "42P04":  # another run made it since we looked
+        if code in ("42P04", "23505"):  # another run made it since we looked (23505: at once)
             raise RestoreRefused(f"database {name} already exists on {where}",
                                  "choose another --create-db name, or drop it first") from None
         raise RestoreFailed(f"CREATE DATABASE {name} failed on {where}: {message}",
@@ -276,10 +276,14 @@ def drop_database(settings, name):
         admin.close()
 
 
-def restore(storage, key, target, create_db=None, force=False, progress=None):
+def restore(storage, key, target, create_db=None, force=False, progress=None, wait_archive=True):
     """Restores `key` into `target` (DatabaseSettings), or into a new database `create_db`
-    on that server. Returns the summary dict (restore_seconds included)."""
+    on that server. Returns the summary dict (restore_seconds included). A backup in OSS's
+    Archive class is restored by OSS first (archive.py): waited for, or with
+    wait_archive=False ArchiveNotReadable at once."""
     started = time.monotonic()
+    archive.ensure_readable(storage, [key, names.manifest_key(key)], wait=wait_archive,
+                            command="`l2c-backup restore`")
     doc = read_manifest(storage, key)
     psql = find_pg_tool("psql")
     psql_text, psql_num = pg_tool_version(psql)

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import alerts, names
+from . import alerts, archive, names
 from .prune import parse, sidecar_owner
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class BackupInfo:
     size: int
     verdict: str  # ok / failed / "" (not verified yet)
     finished_at: float  # from the manifest; the object's LastModified when it has none
+    archive: str = ""  # e.g. "Archive, not restored": OSS must restore it before it is read
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Location:
 def survey(storage):
     """Every backup under the prefix with its size, verdict and completion time."""
     objects = {o.key: o for o in storage.list(storage.prefix)}
+    frozen = archive.needing_restore(objects.values())  # unreadable until OSS restores them
     found = []
     for key, obj in sorted(objects.items()):
         if sidecar_owner(key):
@@ -58,8 +60,9 @@ def survey(storage):
         finished = obj.last_modified
         if names.manifest_key(key) in objects:
             try:
-                doc = json.loads(b"".join(storage.open(names.manifest_key(key))))
-                finished = datetime.fromisoformat(doc["finished_at"]).timestamp()
+                if names.manifest_key(key) not in frozen:  # else LastModified must do
+                    doc = json.loads(b"".join(storage.open(names.manifest_key(key))))
+                    finished = datetime.fromisoformat(doc["finished_at"]).timestamp()
             except (ValueError, KeyError, FileNotFoundError):
                 pass
         else:
@@ -68,7 +71,9 @@ def survey(storage):
             verdict = storage.get_tags(key).get("verify", "")
         except FileNotFoundError:
             verdict = ""
-        found.append(BackupInfo(key, b.kind, b.group, b.stamp, obj.size, verdict, finished))
+        cold = frozen.get(key) or frozen.get(names.manifest_key(key))
+        found.append(BackupInfo(key, b.kind, b.group, b.stamp, obj.size, verdict, finished,
+                                cold.describe() if cold else ""))
     return found
 
 
@@ -165,6 +170,7 @@ def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices
         "locations": [{"name": loc.name, "url": loc.url, "medium": loc.medium,
                        "offsite": loc.offsite, "backups": len(loc.backups), "error": loc.error}
                       for loc in locations],
+        "needs_restore": [{"key": b.key, "state": b.archive} for b in primary.backups if b.archive],
         "monthly_cost_cny": monthly_cost(
             primary.backups, now, prices,
             replicated=any(loc.name == "dr" and loc.backups for loc in locations)),

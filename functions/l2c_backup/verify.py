@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from oss2.utils import Crc64
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from . import alerts, manifest, names
+from . import alerts, archive, manifest, names
 from .dump import CLUSTER_DUMP_COMPLETE, DUMP_COMPLETE, ends_with_marker
 from .errors import BackupNotFound
 from .logs import bound
@@ -247,12 +247,17 @@ def record(storage, verdict, overwrite=True):
     return True
 
 
-def verify(storage, key, manifest_wait_seconds=60, recheck=False, request_id=""):
+def verify(storage, key, manifest_wait_seconds=60, recheck=False, request_id="",
+           wait_archive=True):
     """Checks one backup, records the verdict, alerts on failure. Idempotent: the same
     object checked again by a repeated event returns the recorded verdict, no new alert.
     BackupNotFound ("no object KEY in TARGET") when there is no such object; a read that
-    fails (StorageFailed) records nothing."""
+    fails (StorageFailed) records nothing.
+    A backup in OSS's Archive class (its manifest, its verdict file) is restored by OSS
+    first (archive.py): waited for, or with wait_archive=False ArchiveNotReadable."""
     with bound(key=key, request_id=request_id or None):
+        archive.ensure_readable(storage, [key, names.manifest_key(key), key + VERIFY_SUFFIX],
+                                wait=wait_archive, command="`l2c-backup verify`")
         info = storage.head(key)
         if info is None:
             raise not_found(storage, key)

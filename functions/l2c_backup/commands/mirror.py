@@ -26,6 +26,9 @@ def add_parser(subparsers):
     p.add_argument("--kind", choices=names.KINDS, action="append",
                    help="the kind to mirror (repeatable; default: all kinds)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-wait-archive", action="store_true",
+                   help="when backups are in OSS Archive storage, request their restore and exit "
+                        "(code 23) instead of waiting for it (Archive: about a minute)")
     p.set_defaults(run=run)
 
 
@@ -33,7 +36,8 @@ def run(args):
     target, oss = config.storage_target(target=args.source, flag="--from")
     source = open_storage(target, oss)
     try:
-        report = mirror(source, args.dest, args.keep, args.kind)
+        report = mirror(source, args.dest, args.keep, args.kind,
+                        wait_archive=not args.no_wait_archive)
     except L2CError as err:
         if getattr(err, "report", None) is not None:
             _print(err.report.summary(), args.json)

@@ -35,6 +35,9 @@ def add_parser(subparsers):
                    "restore into it; it is dropped again if the restore fails")
     p.add_argument("--force", action="store_true", help="restore into a database that holds tables")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-wait-archive", action="store_true",
+                   help="when the backup is in OSS Archive storage, request its restore and exit "
+                        "(code 23) instead of waiting for it (Archive: about a minute)")
     p.set_defaults(run=run)
 
 
@@ -50,7 +53,8 @@ def run(args):
     register_secret(target.password)
     key = find_backup(storage, args.key, args.latest, args.kind, args.date)
     progress = _Bar() if sys.stderr.isatty() and not args.json else None
-    summary = restore(storage, key, target, args.create_db, args.force, progress)
+    summary = restore(storage, key, target, args.create_db, args.force, progress,
+                      wait_archive=not args.no_wait_archive)
     if progress:
         progress.done()
     if args.json:

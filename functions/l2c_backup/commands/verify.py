@@ -1,7 +1,7 @@
 """`l2c-backup verify`: re-check stored backups (audits, drills), as the trigger does."""
 import json
 
-from .. import config, names
+from .. import archive, config, names
 from ..errors import BackupCorrupt, ConfigInvalid
 from ..storage import open_storage
 from ..verify import verify
@@ -27,6 +27,9 @@ def add_parser(subparsers):
                    help="how long to wait for a missing manifest "
                         "(default VERIFY_MANIFEST_WAIT_SECONDS, else 5)")
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    p.add_argument("--no-wait-archive", action="store_true",
+                   help="when backups are in OSS Archive storage, request their restore and exit "
+                        "(code 23) instead of waiting for it (Archive: about a minute)")
     p.set_defaults(run=run)
 
 
@@ -40,11 +43,16 @@ def run(args):
     storage = open_storage(target, oss)
     if args.all:
         prefix = storage.prefix + (f"{args.kind}/" if args.kind else "")
-        keys = [o.key for o in storage.list(prefix) if names.parse_backup_key(storage.prefix, o.key)
+        listed = list(storage.list(prefix))
+        keys = [o.key for o in listed if names.parse_backup_key(storage.prefix, o.key)
                 or names.is_globals_key(storage.prefix, o.key)]
+        # Every archived backup, manifest and sidecar restored at once, not one by one.
+        archive.ensure_readable(storage, sorted(archive.needing_restore(listed)),
+                                wait=not args.no_wait_archive, command="`l2c-backup verify`")
     else:
         keys = [args.key]
-    verdicts = [verify(storage, key, wait, recheck=True).summary() for key in keys]
+    verdicts = [verify(storage, key, wait, recheck=True, wait_archive=not args.no_wait_archive)
+                .summary() for key in keys]
     if args.json:
         print(json.dumps({"target": storage.url, "results": verdicts}, indent=2))
     else:
