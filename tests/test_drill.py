@@ -95,3 +95,61 @@ def test_bad_drill_settings_are_named(drill_env, monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigInvalid, match=name):
         drill_fn.handler(b'{"kind": "daily"}', fc_context(name="drill"))
+
+
+def test_two_drills_of_one_kind_in_the_same_second_each_restore_and_drop_their_own(
+        drill_env, pg_cluster, alerts_sent, monkeypatch):
+    import threading
+    from datetime import datetime, timezone
+
+    from l2c_backup import drill
+    verified_backup(drill_env)
+    same_second = datetime(2026, 11, 27, 3, 0, 0, tzinfo=timezone.utc)
+    monkeypatch.setattr(drill.names, "now", lambda: same_second)  # a timer delivered twice
+    before = databases(pg_cluster)
+    start, reports = threading.Barrier(2), {}
+
+    def one_drill(n):
+        start.wait()
+        try:
+            reports[n] = json.loads(drill_fn.handler(b'{"kind": "daily"}', fc_context(name="drill")))
+        except Exception as err:  # the assertion below names it
+            reports[n] = err
+
+    threads = [threading.Thread(target=one_drill, args=(n,)) for n in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert all(isinstance(r, dict) and r["ok"] for r in reports.values()), reports
+    names_used = {r["scratch_database"] for r in reports.values()}
+    assert len(names_used) == 2 and all(len(n.encode()) <= 63 for n in names_used), names_used
+    assert databases(pg_cluster) == before
+    assert [a.severity for a in alerts_sent] == ["info", "info"]
+
+
+def test_a_drill_drops_scratch_databases_left_by_drills_killed_long_ago(drill_env, pg_cluster):
+    verified_backup(drill_env)
+    old = pg_cluster.create_database("l2c_drill_daily_20200101020000_0a1b2c")
+    older = pg_cluster.create_database("l2c_drill_weekly_20200101020000")  # before suffixes
+    recent = pg_cluster.create_database("l2c_drill_daily_" + datetime_now_stamp() + "_0a1b2c")
+    held = pg_cluster.create_database("l2c_drill_manual_20200101020000_0a1b2c")
+    import pg8000.native
+    holder = pg8000.native.Connection(pg_cluster.superuser, password=pg_cluster.password,
+                                      host=pg_cluster.host, port=pg_cluster.port, database=held)
+    try:
+        report = json.loads(drill_fn.handler(b'{"kind": "daily"}', fc_context(name="drill")))
+    finally:
+        holder.close()
+    assert report["ok"]
+    left = databases(pg_cluster)
+    assert old not in left and older not in left  # killed drills, long gone
+    assert recent in left and held in left  # may be a drill still running
+    assert sorted(report["stale_dropped"]) == [old, older]
+    for db in (recent, held):
+        pg_cluster.psql(f"DROP DATABASE {db}")
+
+
+def datetime_now_stamp():
+    from datetime import datetime, timezone
+    return datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
