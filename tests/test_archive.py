@@ -519,3 +519,18 @@ def test_a_drill_of_an_archived_backup_fails_saying_the_restore_was_requested(
     assert not report["ok"] and report["key"] == key
     assert "a restore was requested" in report["failures"][0]
     assert report["scratch_database"] not in databases(pg_cluster)
+
+
+def test_a_repeated_verify_event_for_an_archived_checked_backup_restores_nothing(
+        oss_server, bucket, manual_backup):
+    """A CopyObject into Archive fires ObjectCreated:CopyObject, and so the verify trigger."""
+    env, key = manual_backup
+    storage = oss_storage(oss_server)
+    assert verify(storage, key).ok
+    for k in (key, key + ".manifest.json"):
+        bucket.copy_object(BUCKET, k, k, headers={"x-oss-storage-class": "Archive"})
+
+    again = verify(storage, key, wait_archive=False)
+
+    assert again.ok and again.repeated
+    assert restore_header(bucket, key) is None  # no restore asked for, none paid for

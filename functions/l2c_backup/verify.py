@@ -256,8 +256,11 @@ def verify(storage, key, manifest_wait_seconds=60, recheck=False, request_id="",
     A backup in OSS's Archive class (its manifest, its verdict file) is restored by OSS
     first (archive.py): waited for, or with wait_archive=False ArchiveNotReadable."""
     with bound(key=key, request_id=request_id or None):
-        archive.ensure_readable(storage, [key, names.manifest_key(key), key + VERIFY_SUFFIX],
-                                wait=wait_archive, command="`l2c-backup verify`")
+        # The backup only when it is to be checked: a repeated event (a CopyObject into
+        # Archive fires one) never has OSS restore a checked one. A recheck asks for all
+        # three at once, so --no-wait-archive needs one more run, not two.
+        first = [key + VERIFY_SUFFIX] + ([key, names.manifest_key(key)] if recheck else [])
+        archive.ensure_readable(storage, first, wait=wait_archive, command="`l2c-backup verify`")
         info = storage.head(key)
         if info is None:
             raise not_found(storage, key)
@@ -266,6 +269,8 @@ def verify(storage, key, manifest_wait_seconds=60, recheck=False, request_id="",
         if same_object and not recheck:
             log.info("already verified (%s); nothing to do", earlier.reason)
             return earlier
+        archive.ensure_readable(storage, [key, names.manifest_key(key)], wait=wait_archive,
+                                command="`l2c-backup verify`")
         verdict = check_object(storage, key, manifest_wait_seconds)
         # With no verdict on record, the first writer wins: a duplicate event checking at
         # the same moment finds the file taken and stays quiet.
