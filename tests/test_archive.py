@@ -534,3 +534,23 @@ def test_a_repeated_verify_event_for_an_archived_checked_backup_restores_nothing
 
     assert again.ok and again.repeated
     assert restore_header(bucket, key) is None  # no restore asked for, none paid for
+
+
+def test_oss_server_command_takes_the_restore_delay(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "l2c_backup.cli", "oss-server", "--restore-delay",
+                          "-1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--restore-delay -1 is negative" in bad.stderr
+
+    proc = subprocess.Popen([sys.executable, "-m", "l2c_backup.cli", "oss-server", "--port", "0",
+                             "--restore-delay", "0", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        details = json.loads(proc.stdout.readline())
+        bucket = oss2.Bucket(oss2.Auth(details["access_key_id"], details["access_key_secret"]),
+                             details["endpoint"], BUCKET)
+        bucket.put_object(KEY, b"x", headers={"x-oss-storage-class": "Archive"})
+        bucket.restore_object(KEY)
+        assert bucket.get_object(KEY).read() == b"x"  # no delay: restored at once
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -19,6 +19,9 @@ def add_parser(subparsers):
     p.add_argument("--bucket", action="append", dest="buckets", metavar="NAME",
                    help="bucket to create at start (repeatable; default l2c-backups and l2c-backups-dr)")
     p.add_argument("--region", default="cn-hangzhou", help="region for V4 signatures (default cn-hangzhou)")
+    p.add_argument("--restore-delay", type=float, default=2.0, metavar="SECONDS",
+                   help="how long a RestoreObject of an Archive object takes here (default 2; "
+                        "OSS takes about 60 for Archive)")
     p.add_argument("--json", action="store_true", help="print the connection details as JSON")
     p.set_defaults(run=run)
 
@@ -29,6 +32,9 @@ def run(args):
     if not 0 <= args.port <= 65535:
         raise ConfigInvalid(f"--port {args.port} is out of range (0-65535)",
                             "give a port from 1 to 65535, or --port 0 for a free one")
+    if args.restore_delay < 0:
+        raise ConfigInvalid(f"--restore-delay {args.restore_delay:g} is negative",
+                            "give the seconds a restore takes, 0 or more")
     if args.data:
         if os.path.exists(args.data) and not os.path.isdir(args.data):
             raise ConfigInvalid(f"--data {args.data} is not a directory",
@@ -39,7 +45,8 @@ def run(args):
             raise ConfigInvalid(f"--data {args.data} cannot be used: {err.strerror}",
                                 "give a directory you may write to") from None
     server = LocalOSS(data_dir=args.data, host=args.host, port=args.port, region=args.region,
-                      buckets=args.buckets or ["l2c-backups", "l2c-backups-dr"])
+                      buckets=args.buckets or ["l2c-backups", "l2c-backups-dr"],
+                      restore_delay_seconds=args.restore_delay)
     try:
         server.start()
     except OSError as err:
