@@ -117,18 +117,31 @@ BUCKET_RULE = ("OSS bucket names are 3-63 characters: lowercase letters, digits 
                "starting and ending with a letter or digit")
 
 
-def open_storage(target, oss_settings=None, origin="the backup target"):
+ANY_ORIGIN = "the backup target (--to / --from, BACKUP_TARGET or OSS_BACKUP_BUCKET)"
+
+
+def check_target(target, origin=ANY_ORIGIN):
+    """ConfigInvalid naming `origin` (the flag or variable the target came from), the
+    value and OSS's rule when an `oss://` target's bucket is not a name OSS allows (oss2
+    would raise a ClientError that names neither). Returns (bucket, prefix) of an
+    `oss://` target, None for a directory."""
+    if not target.startswith("oss://"):
+        return None
+    bucket, _, prefix = target[len("oss://"):].partition("/")
+    if not BUCKET_NAME.match(bucket):
+        named = "no bucket" if not bucket else f"bucket {bucket!r}"
+        raise ConfigInvalid(f"{origin}: {target} names {named}; {BUCKET_RULE}",
+                            "give it as oss://BUCKET/PREFIX, e.g. oss://l2c-backups/db-backups/")
+    return bucket, normalise_prefix(prefix)
+
+
+def open_storage(target, oss_settings=None, origin=ANY_ORIGIN):
     """`oss://bucket/prefix` -> OSS (needs oss_settings); anything else is a directory.
-    `origin` names where the target came from (a flag or variable) for the error when
-    the bucket name is not one OSS allows (ConfigInvalid)."""
-    if target.startswith("oss://"):
+    A bucket name OSS does not allow is ConfigInvalid naming `origin` (check_target)."""
+    oss_target = check_target(target, origin)
+    if oss_target:
         from .oss import OSSStorage
-        bucket, _, prefix = target[len("oss://"):].partition("/")
-        if not BUCKET_NAME.match(bucket):
-            named = "no bucket" if not bucket else f"bucket {bucket!r}"
-            raise ConfigInvalid(f"{origin} {target} names {named}: {BUCKET_RULE}",
-                                f"give {origin} as oss://BUCKET/PREFIX, e.g. oss://l2c-backups/db-backups/")
-        return OSSStorage(oss_settings, bucket, normalise_prefix(prefix))
+        return OSSStorage(oss_settings, *oss_target)
     from .directory import DirectoryStorage
     return DirectoryStorage(target)
 
