@@ -278,3 +278,11 @@ def test_a_read_from_an_offset_says_where_its_bytes_begin(oss_server, big):
     assert b"".join(reading) == DATA[1_000_000:]
     past_the_end = big.open(KEY, CHUNK, offset=len(DATA) + 10)
     assert past_the_end.start == 0 and b"".join(past_the_end) == DATA
+
+
+def test_a_first_answer_that_drops_every_time_is_one_storage_failed_line(oss_server, big):
+    cut = oss_server.inject(KeyGet(method="GET", drop_response_after=100, times=None))
+    with pytest.raises(StorageFailed) as caught:
+        big.open(KEY, CHUNK)
+    assert cut.hits == retry.READ_ATTEMPTS
+    assert "dropped" in str(caught.value) and KEY in str(caught.value)

@@ -301,6 +301,8 @@ class _ResumingRead:
                 self.first = self._attempts(self._begin, offset)
             except oss2.exceptions.NoSuchKey:
                 raise FileNotFoundError(f"no object {key} in {storage.url}") from None
+            except TRANSPORT_ERRORS as exc:  # a body cut short on every try: not an OssError
+                raise storage._failed("read", key, exc) from None
 
     def _attempts(self, fn, *args):
         return Retrying(**read_policy())(fn, *args)
