@@ -185,6 +185,15 @@ def test_the_contracts_for_missing_objects_and_overwrites_stay(stored):
     assert storage.delete(missing).key == missing
 
 
+def test_a_delete_under_worm_is_object_locked_not_a_storage_failure(stored, bucket):
+    from l2c_backup.storage import ObjectLocked
+    bucket.complete_bucket_worm(bucket.init_bucket_worm(1).worm_id)
+    storage = open_storage(f"oss://{BUCKET}/{PREFIX}", settings(stored))
+    with pytest.raises(ObjectLocked):
+        storage.delete(KEY)
+    assert storage.head(KEY).size == 300_000
+
+
 def test_a_missing_bucket_is_not_a_missing_object(stored):
     """HEAD of a key in a bucket that does not exist is a 404 too: not None."""
     storage = open_storage(f"oss://no-such-bucket/{PREFIX}", settings(stored))
