@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 
 import oss2
 
-from l2c_backup import config, errors
+from l2c_backup import config, errors, names
 from l2c_backup.backup import run_backup
-from l2c_backup.prune import (CLAIM_SUFFIX, INCOMPLETE_AFTER_SECONDS, parse, prune, sidecar_owner,
-                              summary, survey)
+from l2c_backup.prune import (CLAIM_SUFFIX, INCOMPLETE_AFTER_SECONDS, Claim, Incomplete, parse,
+                              plan, prune, sidecar_owner, slot_end, summary, survey)
 from l2c_backup.restore import find_backup
 from l2c_backup.storage import open_storage
 from l2c_local import resolve
@@ -146,11 +146,30 @@ def test_the_prune_after_each_backup_ignores_and_cleans_objects_without_manifest
 
 # -- 2. claims are sidecars ---------------------------------------------------------------
 
-def test_a_claim_is_a_sidecar_never_a_backup():
+def test_a_claim_of_any_generation_is_a_sidecar_never_a_backup():
     key = daily_key(3)
-    assert sidecar_owner(key + CLAIM_SUFFIX) == key
-    assert parse(PREFIX, key + CLAIM_SUFFIX) is None
+    for claim in (key + CLAIM_SUFFIX, key + ".1.claim", key + ".12.claim"):  # claims.py's names
+        assert sidecar_owner(claim) == key
+        assert parse(PREFIX, claim) is None
     assert sidecar_owner(key) is None
+
+
+def test_an_expired_claim_stays_while_a_run_of_its_slot_may_still_take_it_over():
+    """claims.py never deletes a claim it does not hold: one deleted while a run takes it
+    over lets a third run in. So prune waits until no run of that day can be going."""
+    key = daily_key(3)  # 2026-01-04, Asia/Shanghai
+    end = datetime(2026, 1, 4, 16, tzinfo=timezone.utc).timestamp()  # midnight in Shanghai
+    assert slot_end(parse(PREFIX, key)) == end
+    claim = Claim(key + CLAIM_SUFFIX, expires_at=end - 20 * HOUR)  # its run died that morning
+    dead = Incomplete(key, last_modified=end - 22 * HOUR)
+
+    def actions(now):
+        return {d.key: d.action for d in plan([], {"daily": 1}, [claim.key], PREFIX, [dead],
+                                              {claim.key: claim}, now)}
+
+    assert actions(end + INCOMPLETE_AFTER_SECONDS - HOUR) == {key: "delete", claim.key: "wait"}
+    assert actions(end + INCOMPLETE_AFTER_SECONDS) == {key: "delete"}  # the claim goes with it
+    assert actions(end - 20 * HOUR + 60) == {key: "wait"}  # young: waits, its claim with it
 
 
 def test_claims_go_with_their_backup_and_an_orphan_claim_is_removed_only_once_expired(oss_server,
@@ -163,14 +182,21 @@ def test_claims_go_with_their_backup_and_an_orphan_claim_is_removed_only_once_ex
     put_claim(storage, daily_key(20), iso(now - HOUR))  # its run died before any object
     put_claim(storage, daily_key(21), now + HOUR)  # its run is dumping now
     storage.put_bytes(daily_key(22) + CLAIM_SUFFIX, b"not json")  # unreadable, but young
+    put_claim(storage, daily_key(0) + ".1", iso(now - DAY))  # a takeover's, claims.py
+    put_claim(storage, daily_key(23) + ".2", iso(now - HOUR))
+    today = names.backup_key(PREFIX, "daily", names.now())
+    put_claim(storage, today, iso(now - 60))  # expired, but today's runs may take it over
 
     backups, _ = survey(storage, ["daily"])
     assert sorted(b.key for b in backups) == [daily_key(n) for n in range(4)]
     decisions = by_key(prune(storage, ["daily"], {"daily": 2}))
 
     keys = {o.key for o in oss2.ObjectIteratorV2(bucket, prefix="db-backups/daily/")}
-    assert daily_key(0) + CLAIM_SUFFIX not in keys  # went with its backup
-    assert daily_key(0) + CLAIM_SUFFIX in decisions[daily_key(0)].sidecars
+    for claim in (daily_key(0) + CLAIM_SUFFIX, daily_key(0) + ".1.claim"):
+        assert claim not in keys and claim in decisions[daily_key(0)].sidecars  # went with it
+    assert daily_key(23) + ".2.claim" not in keys
+    assert today + CLAIM_SUFFIX in keys and decisions[today + CLAIM_SUFFIX].action == "wait"
+    assert "may still take it over" in decisions[today + CLAIM_SUFFIX].reason
     assert daily_key(3) + CLAIM_SUFFIX in keys
     assert daily_key(20) + CLAIM_SUFFIX not in keys
     assert decisions[daily_key(20) + CLAIM_SUFFIX].action == "delete"

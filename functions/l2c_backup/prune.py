@@ -14,16 +14,22 @@ function of what is listed, tested as a set of invariants:
   deleted with its sidecars and reported;
 - only backups, objects without manifest and their sidecars (manifest, verify file,
   claim) are ever touched; sidecars go with their backup; a manifest or verify file
-  whose backup is gone is cleaned up, a claim whose backup is gone only once it expired
-  (an unexpired one belongs to a run still dumping);
+  whose backup is gone is cleaned up;
+- a claim (`<key>.claim`, `<key>.<n>.claim`: claims.py) that no complete backup owns is
+  removed only once it has expired *and* no run of its slot can still be going
+  (INCOMPLETE_AFTER_SECONDS after the end of the backup's day, ISO week or second, Asia/
+  Shanghai): claims.py has no run delete a claim it does not hold, since a claim deleted
+  while another run takes it over would let a third run in. An unexpired claim belongs
+  to a run still dumping;
 - an object still under WORM retention, sidecars included, is skipped and reported, and
   the rest of the plan is applied.
 """
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Optional
 
 from . import alerts, names
@@ -34,10 +40,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEEP = {"daily": 30, "weekly": 12, "manual": 10}  # PLAN §3: the OSS tier
 LOCAL_KEEP = 10  # PLAN §3: the local tier keeps the newest 10
-# `<key>.claim`: a backup run's claim on its slot (JSON with `expires_at`), made before the
-# object is written and deleted when the run ends. A sidecar like the others.
+# `<key>.claim` (and `<key>.<n>.claim`, the n-th takeover of an expired one): a backup
+# run's claim on its slot (JSON with `expires_at`), made before the object is written and
+# deleted when the run ends (claims.py). A sidecar like the others.
 CLAIM_SUFFIX = ".claim"
 SIDECARS = (names.MANIFEST_SUFFIX, VERIFY_SUFFIX, CLAIM_SUFFIX)
+_CLAIM = re.compile(rf"^(?P<owner>.+{re.escape(names.SUFFIX)})\.(?:[1-9][0-9]*\.)?claim$")
 # An object without manifest younger than this may belong to a run still writing it: a
 # multipart object can be dated from the start of its upload, and an FC run lasts at most
 # 24 h; 2 h more for retries and clock skew between the runner and OSS.
@@ -104,11 +112,40 @@ def parse(prefix, key):
 
 
 def sidecar_owner(key):
-    """The key whose sidecar `key` is (manifest, verify file, claim), or None."""
+    """The key whose sidecar `key` is (manifest, verify file, claim of any generation),
+    or None."""
+    owner = claim_owner(key)
+    if owner is not None:
+        return owner
     for suffix in SIDECARS:
         if key.endswith(suffix):
             return key[:-len(suffix)]
     return None
+
+
+def claim_owner(key):
+    """The key a claim object (`<key>.claim`, `<key>.<n>.claim`) is about, or None."""
+    match = _CLAIM.match(key)
+    return match["owner"] if match else None
+
+
+def slot_end(backup):
+    """Epoch seconds when no run can start making `backup`'s key any more (a run names
+    its key by the time it starts): the end of its day, ISO week or second in Asia/
+    Shanghai. None when the stamp cannot be read."""
+    try:
+        if backup.kind == "daily":
+            start, length = datetime.strptime(backup.stamp, "%Y-%m-%d"), timedelta(days=1)
+        elif backup.kind == "weekly":
+            year, week = backup.stamp.split("-W")
+            start = datetime.combine(date.fromisocalendar(int(year), int(week), 1),
+                                     datetime.min.time())
+            length = timedelta(weeks=1)
+        else:
+            start, length = datetime.strptime(backup.stamp[:19], "%Y-%m-%dT%H-%M-%S"), timedelta(seconds=1)
+    except ValueError:
+        return None
+    return (start.replace(tzinfo=names.SHANGHAI) + length).timestamp()
 
 
 def plan(backups, keep, sidecar_keys=(), prefix="db-backups/", incomplete=(), claims=None,
@@ -139,18 +176,28 @@ def plan(backups, keep, sidecar_keys=(), prefix="db-backups/", incomplete=(), cl
             else:
                 decisions.append(Decision(b.key, "delete", f"older than the newest {n} {kind}"))
     for obj in incomplete:
-        decisions.append(_incomplete_decision(obj, claims.get(obj.key + CLAIM_SUFFIX), now,
-                                              incomplete_after))
+        held = [c for key, c in claims.items() if claim_owner(key) == obj.key
+                and _claim_expiry(c, incomplete_after) > now]
+        decisions.append(_incomplete_decision(obj, held, now, incomplete_after))
     by_key = {d.key: d for d in decisions}
     for key in sorted(sidecar_keys):
-        owner = by_key.get(sidecar_owner(key))
-        if owner is not None:
+        owner_key = sidecar_owner(key)
+        owner = by_key.get(owner_key)
+        backup = parse(prefix, owner_key)
+        if claim_owner(key) is not None and (owner is None or owner.what == "incomplete"):
+            if backup is None:
+                continue  # not ours: never touched
+            kept = _claim_kept(claims.get(key), backup, now, incomplete_after)
+            if owner is not None and (owner.action == "wait" or not kept):
+                owner.sidecars.append(key)  # waits with its object, or goes with it
+            elif kept:
+                decisions.append(Decision(key, "wait", kept, what="claim"))
+            else:
+                decisions.append(Decision(key, "delete", "expired claim of a run that left "
+                                          "no backup", what="claim"))
+        elif owner is not None:
             owner.sidecars.append(key)
-        elif parse(prefix, sidecar_owner(key)) is None:
-            continue  # not ours: never touched
-        elif key.endswith(CLAIM_SUFFIX):
-            decisions.append(_orphan_claim_decision(key, claims.get(key), now, incomplete_after))
-        else:
+        elif backup is not None:
             decisions.append(Decision(key, "delete", "sidecar of a backup that is gone",
                                       what="sidecar"))
     return sorted(decisions, key=lambda d: d.key)
@@ -167,12 +214,16 @@ def _claim_expiry(claim, incomplete_after):
     return claim.last_modified + incomplete_after
 
 
-def _incomplete_decision(obj, claim, now, incomplete_after):
+def _utc(epoch):
+    return f"{datetime.fromtimestamp(epoch, timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+
+def _incomplete_decision(obj, held, now, incomplete_after):
     age = now - obj.last_modified
-    if claim is not None and _claim_expiry(claim, incomplete_after) > now:
-        until = datetime.fromtimestamp(_claim_expiry(claim, incomplete_after), timezone.utc)
+    if held:
+        until = _utc(max(_claim_expiry(c, incomplete_after) for c in held))
         return Decision(obj.key, "wait", "no manifest yet, and its run still holds its claim "
-                        f"(until {until:%Y-%m-%d %H:%M} UTC): waiting for manifest",
+                        f"(until {until}): waiting for manifest",
                         what="incomplete", etag=obj.etag)
     if age < incomplete_after:
         return Decision(obj.key, "wait", f"no manifest yet ({_hours(age)} old): waiting for "
@@ -183,12 +234,20 @@ def _incomplete_decision(obj, claim, now, incomplete_after):
                     what="incomplete", etag=obj.etag)
 
 
-def _orphan_claim_decision(key, claim, now, incomplete_after):
+def _claim_kept(claim, backup, now, incomplete_after):
+    """Why a claim no complete backup owns must stay ("" once it may go)."""
     if claim is None:
-        return Decision(key, "wait", "claim not read: left alone", what="claim")
-    if _claim_expiry(claim, incomplete_after) > now:
-        return Decision(key, "wait", "claim of a backup run still in progress", what="claim")
-    return Decision(key, "delete", "expired claim of a run that left no backup", what="claim")
+        return "claim not read: left alone"
+    expiry = _claim_expiry(claim, incomplete_after)
+    if expiry > now:
+        return f"claim of a backup run still in progress (until {_utc(expiry)})"
+    end = slot_end(backup)
+    if end is None:
+        return "claim of a backup whose time cannot be read: left alone"
+    if now < end + incomplete_after:
+        return ("expired claim, kept while a run of its slot may still take it over "
+                f"(until {_utc(end + incomplete_after)})")
+    return ""
 
 
 def inventory(storage, kinds):
@@ -291,9 +350,10 @@ def _changed_since_listed(storage, d, claims, now):
             return "its manifest has appeared"
         if d.etag and head.etag != d.etag:
             return "replaced since listed"
-        claimed = read_claim(storage, d.key + CLAIM_SUFFIX)
-        if claimed is not None and claimed > now:
-            return "a run has claimed it since listed"
+        for obj in storage.list(d.key + "."):
+            claimed = read_claim(storage, obj.key) if claim_owner(obj.key) == d.key else None
+            if claimed is not None and claimed > now:
+                return "a run has claimed it since listed"
     if d.what == "claim":
         listed = claims.get(d.key)
         if listed is None or read_claim(storage, d.key) != listed.expires_at:
