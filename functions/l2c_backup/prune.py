@@ -155,7 +155,7 @@ def plan(backups, keep, sidecar_keys=(), prefix="db-backups/", incomplete=(), cl
 
     Pure and deterministic: the same inputs give the same plan, in key order. A sidecar
     is deleted only with its owner, or when it names a backup that is no longer there (a
-    claim: and has expired). Objects without manifest never change a backup's decision."""
+    claim: see _claim_kept). Objects without manifest never change a backup's decision."""
     now = time.time() if now is None else now
     claims = claims or {}
     decisions = []
@@ -272,7 +272,7 @@ def inventory(storage, kinds):
             found.backups.append(Backup(b.key, b.kind, b.group, b.stamp,
                                         _verdict(storage, key) == "ok"))
         for key in sidecars:
-            if key.endswith(CLAIM_SUFFIX) and sidecar_owner(key) not in complete:
+            if claim_owner(key) is not None and claim_owner(key) not in complete:
                 found.claims[key] = Claim(key, read_claim(storage, key), listed[key].last_modified)
         found.sidecars += sidecars
     return found
