@@ -133,3 +133,17 @@ def test_a_new_database_left_by_sigkill_is_marked_and_the_next_run_replaces_it(
     assert f"dropped database {db}" in stderr and "left by a restore that was killed" in stderr
     assert pg_cluster.psql("SELECT count(*) FROM big", db).strip() == str(ROWS)
     assert comment_on(pg_cluster, db) == ""  # the mark went in the restore's own transaction
+
+
+def test_signals_held_during_commit_wait_for_the_block_and_are_then_reported():
+    from l2c_backup.restore import _signals_held
+    from l2c_backup.signals import Stopped, stop_on_signals
+    with pytest.raises(Stopped):
+        with stop_on_signals():
+            with _signals_held() as held:
+                os.kill(os.getpid(), signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while not held and time.monotonic() < deadline:
+                    time.sleep(0.01)  # the handler runs here, and must not raise
+                assert held == [signal.SIGTERM]
+            signal.raise_signal(held[0])  # what restore does when it did not commit

@@ -32,7 +32,8 @@ def add_parser(subparsers):
     p.add_argument("--target-url", required=True, metavar="URL",
                    help="postgresql://user:password@host:port/db to restore into")
     p.add_argument("--create-db", metavar="NAME", help="create database NAME on that server and "
-                   "restore into it; it is dropped again if the restore fails")
+                   "restore into it; it is dropped again if the restore fails or is stopped "
+                   "(one left by a killed restore is replaced by the next run)")
     p.add_argument("--force", action="store_true", help="restore into a database that holds tables")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-wait-archive", action="store_true",
