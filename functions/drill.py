@@ -40,8 +40,9 @@ def handler(event, context):
             target, oss = config.storage_target(environ, drill_source(environ, source),
                                                 credentials_from(context))
             production = DatabaseSettings.from_url(environ.get("DATABASE_URL"), environ)
-            server = DatabaseSettings.from_url(environ.get("DRILL_DATABASE_URL")
-                                               or environ.get("DATABASE_URL"), environ)
+            server = DatabaseSettings.from_url(
+                environ.get("DRILL_DATABASE_URL") or environ.get("DATABASE_URL"), environ,
+                "DRILL_DATABASE_URL" if environ.get("DRILL_DATABASE_URL") else "DATABASE_URL")
             logs.register_secret(production.password, server.password)
             try:
                 checks = json.loads(environ.get("DRILL_CHECKS", "[]"))

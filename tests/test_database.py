@@ -448,3 +448,16 @@ def test_the_password_is_found_in_pgpassfile_as_libpq_does(pg_cluster, tmp_path,
     passfile.chmod(0o644)  # libpq ignores a password file others can read; so do we
     with pytest.raises(DatabaseUnreachable, match="none is set"):
         connect(DatabaseSettings.from_url(url, environ={}))
+
+
+def test_messages_name_the_setting_the_url_came_from(pg_cluster):
+    with pytest.raises(ConfigInvalid, match="--target-url is malformed"):
+        DatabaseSettings.from_url("postgresql://u:ab?x=1@h/d", environ={}, origin="--target-url")
+    with pytest.raises(ConfigInvalid, match="DRILL_DATABASE_URL names no host and no database"):
+        DatabaseSettings.from_url("postgresql://", environ={}, origin="DRILL_DATABASE_URL")
+    closed = DatabaseSettings.from_url(f"postgresql://u:pw@127.0.0.1:{free_port()}/d",
+                                       environ={}, origin="--target-url")
+    with pytest.raises(DatabaseUnreachable) as err:
+        connect(closed)
+    assert "fix the host/port in --target-url" in err.value.hint
+    assert "DATABASE_URL" not in str(err.value)

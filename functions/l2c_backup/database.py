@@ -47,17 +47,19 @@ class DatabaseSettings:
     sslmode: str = "prefer"
     sslrootcert: str | None = None
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT  # seconds, 0 = wait forever
+    # where the URL came from (DATABASE_URL, --target-url, DRILL_DATABASE_URL), for messages
+    origin: str = dataclasses.field(default="DATABASE_URL", compare=False)
 
     def __post_init__(self):
         if self.sslmode not in SSLMODES:
             raise ConfigInvalid(f"sslmode {self.sslmode!r} is not one of {', '.join(SSLMODES)}",
-                                hint="set sslmode in DATABASE_URL or PGSSLMODE")
+                                hint=f"set sslmode in {self.origin} or PGSSLMODE")
         if not 0 < self.port < 65536:
             raise ConfigInvalid(f"database port {self.port} is out of range (1-65535)",
-                                hint="fix the port in DATABASE_URL or PGPORT")
+                                hint=f"fix the port in {self.origin} or PGPORT")
         if self.connect_timeout < 0:
             raise ConfigInvalid(f"connect_timeout {self.connect_timeout} is negative",
-                                hint="set connect_timeout in DATABASE_URL or "
+                                hint=f"set connect_timeout in {self.origin} or "
                                      "PGCONNECT_TIMEOUT to a number of seconds")
 
     def __repr__(self):
@@ -69,21 +71,23 @@ class DatabaseSettings:
     __str__ = __repr__
 
     @classmethod
-    def from_url(cls, url: str | None = None, environ=os.environ) -> "DatabaseSettings":
+    def from_url(cls, url: str | None = None, environ=os.environ,
+                 origin: str = "DATABASE_URL") -> "DatabaseSettings":
         """Settings from a postgresql:// (or postgres://) URL. `url=None` reads
         DATABASE_URL from `environ`; with neither, the PG* variables alone decide.
         Whatever the URL leaves out comes from PGHOST, PGPORT, PGUSER, PGPASSWORD,
         PGDATABASE, PGSSLMODE, PGSSLROOTCERT, PGCONNECT_TIMEOUT, then the defaults
-        localhost:5432, user postgres, database postgres, sslmode prefer."""
+        localhost:5432, user postgres, database postgres, sslmode prefer. `origin` names
+        the setting or flag the URL came from in every message."""
         if url is None:
             url = environ.get("DATABASE_URL")
-        parts = _parse_url(url) if url else {}
+        parts = _parse_url(url, origin) if url else {}
         if url and not (parts.get("host") or parts.get("dbname")
                         or environ.get("PGHOST") or environ.get("PGDATABASE")):
             # libpq would read "postgresql://" as the postgres database on this machine:
             # almost always a variable that lost its value, not a wish.
             raise ConfigInvalid(
-                "DATABASE_URL names no host and no database",
+                f"{origin} names no host and no database",
                 hint="give the whole URL, postgresql://USER:PASSWORD@HOST:5432/DBNAME "
                      "(or set PGHOST and PGDATABASE)")
 
@@ -94,10 +98,10 @@ class DatabaseSettings:
             return value
 
         port = _to_int(pick("port", "PGPORT", "5432"),
-                       "DATABASE_URL port" if parts.get("port") else "PGPORT")
+                       f"{origin} port" if parts.get("port") else "PGPORT")
         timeout = _to_int(pick("connect_timeout", "PGCONNECT_TIMEOUT",
                                str(DEFAULT_CONNECT_TIMEOUT)),
-                          "DATABASE_URL connect_timeout" if parts.get("connect_timeout")
+                          f"{origin} connect_timeout" if parts.get("connect_timeout")
                           else "PGCONNECT_TIMEOUT")
         password = parts["password"] if "password" in parts else environ.get("PGPASSWORD")
         return cls(
@@ -109,6 +113,7 @@ class DatabaseSettings:
             sslmode=pick("sslmode", "PGSSLMODE", "prefer"),
             sslrootcert=pick("sslrootcert", "PGSSLROOTCERT"),
             connect_timeout=timeout,
+            origin=origin,
         )
 
     def with_dbname(self, name: str) -> "DatabaseSettings":
@@ -149,11 +154,11 @@ class DatabaseSettings:
         return f"{host}:{self.port}/{self.dbname}"
 
 
-def _parse_url(url: str) -> dict[str, str]:
+def _parse_url(url: str, origin: str = "DATABASE_URL") -> dict[str, str]:
     """The URL's parts, percent-decoded; absent parts are missing from the dict. Errors
-    name DATABASE_URL and the part, and never repeat the URL (it holds the password)."""
+    name `origin` and the part, and never repeat the URL (it holds the password)."""
     def bad(what):
-        return ConfigInvalid(f"DATABASE_URL is malformed: {what}", hint=_URL_HINT)
+        return ConfigInvalid(f"{origin} is malformed: {what}", hint=_URL_HINT)
 
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in ("postgresql", "postgres"):
@@ -337,7 +342,7 @@ def _tls_context(settings: DatabaseSettings) -> ssl.SSLContext:
             raise ConfigInvalid(
                 f"sslmode={settings.sslmode} needs the CA certificate that signed the "
                 "server's certificate, and sslrootcert is not set",
-                hint="set sslrootcert in DATABASE_URL or PGSSLROOTCERT to the CA file "
+                hint=f"set sslrootcert in {settings.origin} or PGSSLROOTCERT to the CA file "
                      "(ApsaraDB RDS: download it from the instance's SSL page)")
         cafile = str(default)
     elif cafile == "system":  # libpq 16's keyword for the operating system's CAs
@@ -406,20 +411,21 @@ def unreachable(settings: DatabaseSettings, reason: str, what: str = "cannot con
 
 
 def _hint_for(settings: DatabaseSettings, reason: str) -> str:
+    url = settings.origin
     if "wants a password" in reason:
-        return (f"put the password of user {settings.user!r} in DATABASE_URL "
+        return (f"put the password of user {settings.user!r} in {url} "
                 "(postgresql://USER:PASSWORD@HOST:PORT/DBNAME, percent-encoded), in PGPASSWORD, "
                 "or in ~/.pgpass (PGPASSFILE; mode 0600)")
     if "password authentication failed" in reason:
-        return (f"check the password of user {settings.user!r} in DATABASE_URL / PGPASSWORD "
+        return (f"check the password of user {settings.user!r} in {url} / PGPASSWORD "
                 "(percent-encode special characters in the URL)")
     if "database" in reason and "does not exist" in reason:
-        return (f"check the database name {settings.dbname!r} in DATABASE_URL / PGDATABASE")
+        return f"check the database name {settings.dbname!r} in {url} / PGDATABASE"
     if "role" in reason and "does not exist" in reason:
-        return f"check the user name {settings.user!r} in DATABASE_URL / PGUSER"
+        return f"check the user name {settings.user!r} in {url} / PGUSER"
     if "ssl" in reason and ("not support" in reason or "refuses" in reason):
         return ("the server has TLS turned off: turn it on (RDS: the instance's SSL page), "
-                "or set sslmode=prefer in DATABASE_URL to allow plain connections")
+                f"or set sslmode=prefer in {url} to allow plain connections")
     if "no encryption" in reason:
         return "the server only accepts TLS connections: set sslmode=require (or verify-full)"
     if "pg_hba.conf" in reason:
@@ -430,16 +436,16 @@ def _hint_for(settings: DatabaseSettings, reason: str) -> str:
                 "download it from the console), check that the host name matches it, or "
                 "use sslmode=require to encrypt without checking the certificate")
     if "refused" in reason:
-        return ("start PostgreSQL, or fix the host/port in DATABASE_URL (PGHOST/PGPORT); on "
+        return (f"start PostgreSQL, or fix the host/port in {url} (PGHOST/PGPORT); on "
                 "FC check that the function runs in the database's VPC")
     if "timeout" in reason or "timed out" in reason:
         return ("no answer from the server: check the host/port, the security group or RDS "
                 "whitelist, and that the FC function is in the database's VPC")
     if "host name" in reason:
-        return "check the host in DATABASE_URL / PGHOST"
+        return f"check the host in {url} / PGHOST"
     if "too many" in reason or "starting up" in reason or "shutting down" in reason:
         return "the server is busy or restarting: the next run will retry"
-    return "check DATABASE_URL (or the PG* variables) and that the server is up"
+    return f"check {url} (or the PG* variables) and that the server is up"
 
 
 def scrub(text: str, settings: DatabaseSettings) -> str:

@@ -50,7 +50,7 @@ def run(args):
     environ = dict(os.environ, **({"OSS_ENDPOINT": args.endpoint} if args.endpoint else {}))
     target_store, oss = config.storage_target(environ, target=args.source, flag="--from")
     storage = open_storage(target_store, oss)
-    target = DatabaseSettings.from_url(args.target_url, {})
+    target = DatabaseSettings.from_url(args.target_url, {}, origin="--target-url")
     register_secret(target.password)
     key = find_backup(storage, args.key, args.latest, args.kind, args.date)
     progress = _Bar() if sys.stderr.isatty() and not args.json else None
