@@ -295,3 +295,10 @@ def test_a_first_answer_that_drops_every_time_is_one_storage_failed_line(oss_ser
         big.open(KEY, CHUNK)
     assert cut.hits == retry.READ_ATTEMPTS
     assert "dropped" in str(caught.value) and KEY in str(caught.value)
+
+
+def test_a_request_oss2_refuses_to_send_is_named_as_such(stored):
+    storage = open_storage(f"oss://{BUCKET}/{PREFIX}", settings(stored))
+    with pytest.raises(StorageFailed) as caught:
+        storage.head("")  # oss2: "The key is invalid" (a ClientError), nothing was sent
+    assert "ClientError" in str(caught.value) and "cannot be reached" not in str(caught.value)

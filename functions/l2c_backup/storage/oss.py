@@ -101,6 +101,9 @@ class OSSStorage:
     def _failed(self, doing, key, exc, detail=""):
         """The StorageFailed for `exc`: endpoint, bucket, key, OSS's answer, what to do."""
         where = f"{key} in bucket {self.bucket_name} at {self.settings.endpoint}"
+        if isinstance(exc, oss2.exceptions.ClientError):  # oss2 refused to send it
+            return StorageFailed(f"could not {doing} {where}: {exc.body}",
+                                 "check the bucket, key and OSS_ENDPOINT named")
         if not isinstance(exc, oss2.exceptions.ServerError):  # never reached OSS's answer
             kind = _transport_kind(exc)
             if kind == "dropped":
