@@ -15,6 +15,7 @@ import re
 import socket
 import ssl
 import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -514,22 +515,53 @@ class Snapshot:
                 [[self.id]] = self.conn.run("SELECT pg_export_snapshot()")
             self.info = _inspect_in(self.conn, self.settings, self.timeout_seconds)
         except BaseException:
-            self.release()
+            # A query may still run (a signal cut the wait for its answer short): a ROLLBACK
+            # would queue behind it, e.g. forever behind a lock. Cancel it and hang up; the
+            # server rolls the transaction back when the session ends.
+            self.release(interrupted=True)
             raise
         return self
 
-    def release(self) -> None:
+    def release(self, interrupted: bool = False) -> None:
         if self.conn is not None:
             conn, self.conn = self.conn, None
             try:
-                conn.run("ROLLBACK")  # read only: nothing to keep; also ends a failed one
+                if interrupted:
+                    cancel(conn, self.settings)
+                else:
+                    conn.run("ROLLBACK")  # read only: nothing to keep; also ends a failed one
             except Exception:  # the connection may be broken already; closing is what matters
                 pass
             finally:
-                conn.close()
+                try:
+                    conn.close()
+                except Exception:
+                    pass
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def cancel(conn: pg8000.native.Connection, settings: DatabaseSettings) -> None:
+    """Asks the server to cancel whatever `conn` is running, as libpq's PQcancel does: a
+    CancelRequest (the session's pid and secret key) on a connection of its own. Without
+    it the backend runs on after we gave up: a count waiting for a lock stays queued in
+    front of the application's own lockers. Best effort: never raises."""
+    key = getattr(conn, "_backend_key_data", None)  # pg8000 keeps BackendKeyData here
+    if not key:
+        return
+    try:
+        if settings.host.startswith("/"):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(5)
+            sock.connect(f"{settings.host}/.s.PGSQL.{settings.port}")
+        else:
+            sock = socket.create_connection((settings.host, settings.port), timeout=5)
+        with sock:
+            sock.sendall(struct.pack("!ii", 16, 80877102) + bytes(key))  # CancelRequest
+            sock.recv(1)  # the server answers by closing: the request was read
+    except OSError:
+        pass
 
 
 def _inspect_in(conn, settings: DatabaseSettings, timeout_seconds: float) -> ServerInfo:
