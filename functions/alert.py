@@ -28,7 +28,7 @@ def _error_of(response):
     if isinstance(response, str):
         try:
             response = json.loads(response) if response.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             return "", response
     if isinstance(response, dict):
         return str(response.get("errorType", "")), str(response.get("errorMessage", ""))

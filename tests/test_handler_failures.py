@@ -51,3 +51,13 @@ def test_the_alert_function_takes_a_too_deep_destination_event_as_raw_text(alert
     assert result == {"alerted": "unknown function"}
     [alert] = alerts_sent
     assert alert.severity == "urgent"
+
+
+def test_the_alert_function_takes_a_too_deep_response_payload_as_raw_text(alerts_sent):
+    event = json.dumps({"requestContext": {"requestId": "r-1", "functionArn":
+                                           "acs:fc:cn-hangzhou:1:services/l2c.LATEST/functions/backup"},
+                        "responsePayload": DEEP.decode()})
+    assert json.loads(load_handler("alert").handler(event.encode(), fc_context(name="alert"))) == {
+        "alerted": "backup"}
+    [alert] = alerts_sent
+    assert alert.title == "backup failed"
