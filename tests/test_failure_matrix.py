@@ -32,11 +32,10 @@ from pathlib import Path
 import pytest
 
 from alert_receiver import AlertReceiver
-from l2c_backup import config, names
+from l2c_backup import config
 from l2c_backup.backup import run_backup
 from l2c_backup.errors import (BackupNotFound, ConfigInvalid, DatabaseUnreachable, DumpFailed,
-                               RestoreFailed, RestoreRefused, StorageFailed,
-                               UploadFailed)
+                               RestoreFailed, RestoreRefused, StorageFailed, UploadFailed)
 from l2c_backup.mirror import mirror
 from l2c_backup.storage import open_storage
 from l2c_backup.verify import verify
@@ -74,6 +73,7 @@ EMPTY_SETTINGS = ("KEEP_DAILY", "KEEP_WEEKLY", "KEEP_MANUAL", "PRICE_STANDARD", 
                   "PRICE_ARCHIVE", "PRICE_CRR_TRAFFIC", "WATCHDOG_GRACE_HOURS", "GZIP_LEVEL",
                   "VERIFY_MANIFEST_WAIT_SECONDS", "RTO_SECONDS", "OSS_REGION", "BACKUP_DATABASES",
                   "OSS_SERVER_SIDE_ENCRYPTION", "BACKUP_TIMEOUT_SECONDS", "DRILL_CHECKS")
+
 
 @dataclass
 class Cell:
