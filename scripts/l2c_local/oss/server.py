@@ -678,9 +678,15 @@ class Handler(BaseHTTPRequestHandler):
         sse = self._sse()
         storage_class = validate.storage_class(self.headers.get("x-oss-storage-class"))
         writer = self.body_to_blob()
-        version = self.oss.store.put(
-            self.bucket, self.key, writer, self.headers.get("Content-Type", ""), self._meta(),
-            _parse_tags(self.headers.get("x-oss-tagging")), sse, storage_class=storage_class)
+        with self.oss.store.lock:  # checked again, atomically: of racing PUTs one wins, as on OSS
+            try:
+                self._forbid_overwrite()
+            except OSSError:
+                writer.discard()
+                raise
+            version = self.oss.store.put(
+                self.bucket, self.key, writer, self.headers.get("Content-Type", ""), self._meta(),
+                _parse_tags(self.headers.get("x-oss-tagging")), sse, storage_class=storage_class)
         self.oss.object_created(self.bucket, self.key, version, "PutObject", self.request_id,
                                 self.client_address[0])
         self.send(200, headers=self._version_headers(version))
