@@ -84,7 +84,35 @@ class DirectoryStorage:
                 if key.startswith(prefix):
                     found.append(key)
         for key in sorted(found):
-            yield self.head(key)
+            info = self.head(key)
+            if info is not None:  # not deleted since the walk
+                yield info
+
+    def unfinished_writes(self, prefix):
+        """`.partial-*` files under prefix: a write in progress, or what a killed run left.
+        key = the partial file's own key, last_modified = its last write (a live write
+        keeps it fresh), extra["for_key"] = the key it was being written as."""
+        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        for folder, _, files in os.walk(base if os.path.isdir(base) else os.path.dirname(base)):
+            for name in sorted(files):
+                if not name.startswith(PARTIAL):
+                    continue
+                path = os.path.join(folder, name)
+                key = os.path.relpath(path, self.root).replace(os.sep, "/")
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:  # its write just ended
+                    continue
+                final = name[len(PARTIAL):].partition("-")[2]
+                yield StoredObject(key, st.st_size, last_modified=st.st_mtime,
+                                   extra={"for_key": key[:-len(name)] + final})
+
+    def discard_unfinished(self, unfinished):
+        """Removes a partial file unfinished_writes() listed; one gone already is fine."""
+        try:
+            os.unlink(self._path(unfinished.key))
+        except FileNotFoundError:
+            pass
 
     def delete(self, key):
         for path in (self._path(key), self._path(key) + TAGS_SUFFIX):

@@ -239,6 +239,81 @@ class OSSStorage:
             except oss2.exceptions.NoSuchKey:
                 raise FileNotFoundError(f"no object {key} in {self.url}") from None
 
+    # -- what a killed run leaves, and claims on versioned buckets (leftovers.py, claims.py)
+
+    def unfinished_writes(self, prefix):
+        """Multipart uploads under prefix never completed nor aborted (a run in progress,
+        or one that was killed): key, last_modified = when it was initiated (OSS's clock),
+        extra["upload_id"]. Needs oss:ListMultipartUploads."""
+        key_marker = id_marker = ""
+        while True:
+            with self._failures("list the unfinished uploads under", prefix):
+                page = self._call(self.bucket.list_multipart_uploads, prefix=prefix,
+                                  key_marker=key_marker, upload_id_marker=id_marker)
+            for upload in page.upload_list:
+                yield StoredObject(upload.key, 0, last_modified=upload.initiation_date,
+                                   extra={"upload_id": upload.upload_id})
+            if not page.is_truncated:
+                return
+            key_marker, id_marker = page.next_key_marker, page.next_upload_id_marker
+
+    def discard_unfinished(self, unfinished):
+        """Aborts an upload unfinished_writes() listed (its parts are gone); one that is
+        gone already is fine."""
+        with self._failures("abort the unfinished upload of", unfinished.key):
+            try:
+                self._call(self.bucket.abort_multipart_upload, unfinished.key,
+                           unfinished.extra["upload_id"])
+            except oss2.exceptions.NoSuchUpload:
+                pass
+
+    def versions(self, key):
+        """Every version of exactly `key`, oldest first: version_id, last_modified (OSS's
+        clock, whole seconds), extra["delete_marker"]. oss2 hands versions and delete
+        markers over as two lists: within a second a marker counts as the older. Needs
+        oss:ListObjectVersions."""
+        found, key_marker, id_marker = [], "", ""
+        while True:
+            with self._failures("list the versions of", key):
+                page = self._call(self.bucket.list_object_versions, prefix=key, max_keys=1000,
+                                  key_marker=key_marker, versionid_marker=id_marker)
+            # each list comes newest first: -len(found) keeps that order within a second
+            for info in page.versions:
+                if info.key == key:
+                    found.append((info.last_modified, 1, -len(found), StoredObject(
+                        key, int(info.size or 0), info.etag or "", version_id=info.versionid,
+                        last_modified=info.last_modified, extra={"delete_marker": False})))
+            for info in page.delete_marker:
+                if info.key == key:
+                    found.append((info.last_modified, 0, -len(found), StoredObject(
+                        key, 0, version_id=info.versionid, last_modified=info.last_modified,
+                        extra={"delete_marker": True})))
+            if not page.is_truncated:
+                break
+            key_marker, id_marker = page.next_key_marker, page.next_versionid_marker
+        return [entry[-1] for entry in sorted(found, key=lambda entry: entry[:3])]
+
+    def read_version(self, key, version_id):
+        """The bytes of one version of a small object (a claim). FileNotFoundError when
+        that version is gone. Needs oss:GetObjectVersion."""
+        with self._failures("read", f"{key} (version {version_id})"):
+            try:
+                return self._call(lambda: self.reader.get_object(
+                    key, params={"versionId": version_id}).read())
+            except oss2.exceptions.NotFound:  # NoSuchKey, NoSuchVersion
+                raise FileNotFoundError(f"no version {version_id} of {key} in {self.url}") from None
+
+    def delete_version(self, key, version_id):
+        """Removes one version for good (no delete marker). ObjectLocked under WORM.
+        Needs oss:DeleteObjectVersion."""
+        with self._failures("delete", f"{key} (version {version_id})"):
+            try:
+                self._call(self.bucket.delete_object, key, params={"versionId": version_id})
+            except oss2.exceptions.ServerError as exc:
+                if exc.code == "FileImmutable":
+                    raise ObjectLocked(f"{key} is under the bucket's retention policy (WORM)") from None
+                raise
+
 
 # OSS refusals another try cannot fix: what the code means, what to do.
 _REFUSALS = {
