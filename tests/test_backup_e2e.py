@@ -3,7 +3,9 @@ read back, checked with the real gunzip, replayed with the real psql, and compar
 import gzip
 import hashlib
 import json
+import os
 import subprocess
+import sys
 
 import oss2
 import pytest
@@ -67,6 +69,22 @@ def test_backup_to_a_directory_writes_the_same_layout_and_restores(pg_cluster, s
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".partial")] == []
     restore(pg_cluster, path.read_bytes(), "e2e_from_dir")
     assert table_digests(pg_cluster, "e2e_from_dir") == table_digests(pg_cluster, seeded_db)
+
+
+def test_a_backup_to_a_directory_names_its_file_by_its_full_path(pg_cluster, seeded_db,
+                                                                  tmp_path):
+    """The printed line and the log line give the path an operator can copy (it once read
+    `DIRdb-backups/...`, and the log `DIRmanual/...`)."""
+    result = subprocess.run([sys.executable, "-m", "l2c_backup.cli", "backup", "--to",
+                             str(tmp_path), "--database-url", pg_cluster.url(seeded_db)],
+                            capture_output=True, text=True, timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    (key,) = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.sql.gz")]
+    path = os.path.join(str(tmp_path), key)
+    assert key.startswith("db-backups/manual/backup_")
+    assert result.stdout.startswith(path + ": "), result.stdout
+    assert f" to {path} [" in result.stderr, result.stderr
 
 
 def test_every_listed_database_and_the_globals_get_their_own_object_and_manifest(

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,7 @@ import oss2
 import pytest
 import tenacity
 
-from l2c_backup import config, retry
+from l2c_backup import alerts, config, retry
 from l2c_backup.backup import run_backup
 from l2c_backup.dump import PgDump, PgProcess
 from l2c_backup.errors import (BackupTimeout, DatabaseUnreachable, DumpFailed, L2CError,
@@ -115,6 +116,15 @@ def counter(oss_server, **match):
     return oss_server.inject(Fault(times=None, **match))
 
 
+@pytest.fixture
+def sent_alerts():
+    """The alerts the run sends, as the alert seam hands them to every channel."""
+    sent = []
+    sink = alerts.add_sink(sent.append)
+    yield sent
+    alerts.remove_sink(sink)
+
+
 # -- the database side --------------------------------------------------------------------
 
 def test_pg_dump_killed_mid_stream_is_dump_failed_and_aborts_the_upload(
@@ -177,13 +187,15 @@ def test_wrong_password_is_unreachable_naming_the_user_not_the_password(
 
 # -- OSS refusing -------------------------------------------------------------------------
 
-def test_oss_403_everywhere_is_upload_failed_and_not_retried(env, oss_server, bucket):
+def test_oss_403_everywhere_is_upload_failed_and_not_retried(env, oss_server, bucket,
+                                                             sent_alerts):
     fault = oss_server.inject(Fault(status=403, code="AccessDenied", key_prefix=PREFIX,
                                     times=None))
 
     err = failed_backup(config.load(env), expected=UploadFailed)
 
     assert "403" in str(err)
+    assert [a.title for a in sent_alerts] == ["OSS upload failed"]
     assert "permission" in err.hint or "AccessKey" in err.hint
     # A permanent error is not worth a retry: the first request fails, and that is all.
     assert 1 <= fault.hits <= 2, f"a 403 was tried {fault.hits} times"
@@ -228,6 +240,45 @@ def test_oss_503_forever_on_parts_gives_up_after_the_capped_attempts(env, oss_se
     assert retry.ATTEMPTS <= fault.hits <= 3 * retry.ATTEMPTS, fault.hits
     assert time.monotonic() - started < 60
     assert_nothing_left(bucket)
+
+
+# -- the manifest, written after the object ----------------------------------------------
+
+DAY = datetime(2025, 3, 14, 2, 0, tzinfo=timezone.utc)
+DAILY = PREFIX + "daily/backup_2025-03-14.sql.gz"
+
+
+def test_a_manifest_put_failing_past_the_retries_takes_its_object_with_it(env, oss_server, bucket):
+    """The object is complete when its manifest PUT keeps failing (503 on every attempt):
+    an object without manifest is no backup, and must not be left to look like one."""
+    fault = oss_server.inject(Fault(method="PUT", key_prefix=DAILY + ".manifest.json",
+                                    status=503, times=None))
+
+    with pytest.raises(UploadFailed) as caught:
+        run_backup(config.load(env), "daily", when=DAY)
+
+    assert fault.hits == retry.ATTEMPTS
+    text = str(caught.value)
+    assert f"could not write {DAILY}.manifest.json" in text and "503" in text
+    assert f"the object {DAILY} was removed" in text
+    assert_nothing_left(bucket)
+
+
+def test_a_manifest_put_and_a_delete_both_failing_say_the_object_is_left(env, oss_server,
+                                                                         bucket):
+    oss_server.inject(Fault(method="PUT", key_prefix=DAILY + ".manifest.json", status=503,
+                            times=None))
+    oss_server.inject(Fault(method="DELETE", key_prefix=DAILY, status=503, times=None))
+
+    with pytest.raises(UploadFailed) as caught:
+        run_backup(config.load(env), "daily", when=DAY)
+
+    text = str(caught.value)
+    assert f"the object {DAILY} has no manifest and could not be removed either" in text
+    assert "503" in text.split("could not be removed either", 1)[1]
+    oss_server.clear_faults()
+    assert bucket.object_exists(DAILY), "the message says the object is left: it must be"
+    assert not bucket.object_exists(DAILY + ".manifest.json")
 
 
 # -- OSS stuttering: ridden out -----------------------------------------------------------
@@ -282,14 +333,17 @@ def tiny_disk(tmp_path):
 
 
 def test_a_full_disk_is_upload_failed_naming_the_space_and_leaves_no_file(
-        pg_cluster, seeded_db, tiny_disk):
+        pg_cluster, seeded_db, tiny_disk, sent_alerts):
     env = {"DATABASE_URL": pg_cluster.url(seeded_db), "BACKUP_TARGET": str(tiny_disk),
            "PATH": os.environ["PATH"]}
 
     err = failed_backup(config.load(env), expected=UploadFailed)
 
-    assert "No space left on device" in str(err)
+    assert re.search(rf"could not write {re.escape(PREFIX)}manual/backup_\S+\.sql\.gz in "
+                     rf"{re.escape(str(tiny_disk))}: No space left on device", str(err)), str(err)
     assert "space" in err.hint
+    (alert,) = sent_alerts
+    assert alert.title == "backup write to directory failed", "a directory is not OSS"
     files = [os.path.join(folder, name) for folder, _, names in os.walk(tiny_disk)
              for name in names]
     assert files == [], "a failed backup left a (partial) file behind"

@@ -2,7 +2,10 @@
 
 A backup only counts once its object and its manifest both exist: the object appears
 whole or not at all (multipart complete, or rename into place), the manifest is written
-after it, and any failure on the way leaves neither behind.
+after it, and any failure on the way leaves neither behind: also SIGTERM / SIGINT
+(signals.Stopped, a BaseException), and a manifest that cannot be written, which takes
+the object with it. What SIGKILL leaves the next run removes (leftovers.py). A daily or
+weekly backup is made by one run at a time (claims.py).
 """
 import contextlib
 import hashlib
@@ -13,15 +16,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-import oss2
-
-from . import __version__, alerts, manifest, names
+from . import __version__, alerts, claims, leftovers, manifest, names
 from .compress import gzip_members
 from .database import Snapshot, inspect, list_databases
 from .dump import PgDump, check_dump_compatible, find_pg_tool, globals_dump, pg_tool_version
-from .errors import BackupTimeout, DumpFailed, L2CError, UploadFailed
+from .errors import BackupTimeout, DumpFailed, L2CError, StorageFailed, UploadFailed
 from .logs import bound
-from .retry import describe
 from .storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class Outcome:
     database: str
     key: str
     manifest_key: str = ""
+    location: str = ""  # where the object is, in full: oss://bucket/key or /dir/key
     size: int = 0
     sql_bytes: int = 0
     sha256: str = ""
@@ -42,8 +43,9 @@ class Outcome:
     skipped: str = ""  # why nothing was written (an earlier run already made this one)
 
     def summary(self):
-        out = {"database": self.database, "key": self.key, "bytes": self.size,
-               "sql_bytes": self.sql_bytes, "sha256": self.sha256, "seconds": round(self.seconds, 3)}
+        out = {"database": self.database, "key": self.key, "location": self.location,
+               "bytes": self.size, "sql_bytes": self.sql_bytes, "sha256": self.sha256,
+               "seconds": round(self.seconds, 3)}
         if self.skipped:
             out["skipped"] = self.skipped
         return out
@@ -118,24 +120,27 @@ def after_success_steps(config):
     return [after_backup_hook(config.keep)] if config.prune_after_backup else []
 
 
-def run_backup(config, kind, request_id="", when=None, after_success=None, progress=None):
+def run_backup(config, kind, request_id="", when=None, after_success=None, progress=None,
+               leftover_age=None):
     """Backs up every configured database (and the globals when asked) as `kind`.
 
     Returns the summary dict. Raises the first L2CError after trying every database, so
     one broken database does not cost the others their backup. `after_success` hooks
     (default: the retention prune of that kind) run once all succeeded; a failing hook is
-    logged, never fatal.
+    logged, never fatal. Before its first write it removes what killed runs left under
+    the prefix, once older than `leftover_age` seconds (default: leftovers.safe_age,
+    past the end of any run).
     """
     after_success = after_success_steps(config) if after_success is None else after_success
     try:
-        return _run_backup(config, kind, request_id, when, after_success, progress)
+        return _run_backup(config, kind, request_id, when, after_success, progress, leftover_age)
     except L2CError as err:
         if not getattr(err, "alerted", False):  # failed before any database was tried
-            _alert_failure(err, "-", kind)
+            _alert_failure(err, "-", kind, config.target)
         raise
 
 
-def _run_backup(config, kind, request_id, when, after_success, progress):
+def _run_backup(config, kind, request_id, when, after_success, progress, leftover_age):
     when = when or names.now()
     started = time.monotonic()
     deadline = started + config.timeout_seconds if config.timeout_seconds else None
@@ -144,6 +149,13 @@ def _run_backup(config, kind, request_id, when, after_success, progress):
     databases = _databases(config)
     multi = len(databases) > 1
     outcomes, failures = [], []
+    age = leftovers.safe_age(config.timeout_seconds) if leftover_age is None else leftover_age
+    tidied = []
+
+    def tidy():  # once, before the first write: a run that never reaches its database
+        if not tidied:  # leaves the storage alone
+            tidied.append(leftovers.clean(storage, age))
+
     with bound(request_id=request_id or None, kind=kind):
         for dbname in databases:
             settings = config.database.with_dbname(dbname)
@@ -151,17 +163,18 @@ def _run_backup(config, kind, request_id, when, after_success, progress):
                 try:
                     outcomes.append(backup_database(config, storage, kind, settings, when,
                                                     pg_dump_path, request_id, deadline, progress,
-                                                    folder=dbname if multi else None))
+                                                    folder=dbname if multi else None, tidy=tidy))
                 except L2CError as err:
                     log.error("backup of %s failed: %s", dbname, err)
-                    _alert_failure(err, dbname, kind)
+                    _alert_failure(err, dbname, kind, config.target)
                     failures.append(err)
         if config.with_globals and not failures:
             with bound(database="(globals)"):
                 try:
-                    outcomes.append(backup_globals(config, storage, kind, when, request_id, deadline))
+                    outcomes.append(backup_globals(config, storage, kind, when, request_id,
+                                                   deadline, tidy=tidy))
                 except L2CError as err:
-                    _alert_failure(err, "(globals)", kind)
+                    _alert_failure(err, "(globals)", kind, config.target)
                     failures.append(err)
         if failures:
             raise failures[0]
@@ -181,8 +194,10 @@ def _run_backup(config, kind, request_id, when, after_success, progress):
 SLOW_SECONDS = 30 * 60  # PLAN §6: a backup over 30 minutes is worth a notice
 
 
-def _alert_failure(err, database, kind):
-    title = "OSS upload failed" if isinstance(err, UploadFailed) else "backup failed"
+def _alert_failure(err, database, kind, target):
+    title = "backup failed"
+    if isinstance(err, UploadFailed):  # PLAN §6 names OSS's; a directory is written, not uploaded
+        title = "OSS upload failed" if target.startswith("oss://") else "backup write to directory failed"
     alerts.send(alerts.Alert(err.severity, title, str(err), {"database": database, "kind": kind}))
     err.alerted = True
 
@@ -219,8 +234,8 @@ def _choose_key(storage, kind, when, folder):
     collision = 0
     while True:
         key = names.backup_key(storage.prefix, kind, when, folder, collision)
-        has_object = _storage(storage.head, key) is not None
-        has_manifest = _storage(storage.head, names.manifest_key(key)) is not None
+        has_object = _storage(storage, storage.head, key) is not None
+        has_manifest = _storage(storage, storage.head, names.manifest_key(key)) is not None
         if kind != "manual":
             if has_object and has_manifest:
                 return key, f"the {kind} backup {key} already exists"
@@ -231,7 +246,9 @@ def _choose_key(storage, kind, when, folder):
 
 
 def backup_database(config, storage, kind, settings, when, pg_dump_path, request_id="",
-                    deadline=None, progress=None, folder=None):
+                    deadline=None, progress=None, folder=None, tidy=None):
+    """One database into one object and its manifest (or skipped: see _choose_key and
+    _one_run). `tidy` runs once the pre-flight passed, before anything is written."""
     # pre-flight: reachable, password right, versions, sizes; the counts come from the
     # snapshot pg_dump then dumps, so the manifest describes exactly what is in the dump
     with Snapshot(settings, _remaining(deadline)) as snapshot:
@@ -242,15 +259,48 @@ def backup_database(config, storage, kind, settings, when, pg_dump_path, request
         if skipped:
             log.info("%s; nothing to do", skipped)
             return Outcome(settings.dbname, key, names.manifest_key(key), skipped=skipped)
-        args = [f"--snapshot={snapshot.id}"]
-        if deadline:
-            args.append(f"--lock-wait-timeout={int(_remaining(deadline) * 1000)}")
-        return _backup_stream(config, storage, kind, key, settings, info, pg_dump_version,
-                              PgDump(settings, pg_dump_path, extra_args=args), "database",
-                              request_id, deadline, progress, on_first_chunk=snapshot.release)
+        if tidy:
+            tidy()
+        with _one_run(config, storage, kind, key, request_id) as skipped:
+            if skipped:
+                return Outcome(settings.dbname, key, names.manifest_key(key), skipped=skipped)
+            args = [f"--snapshot={snapshot.id}"]
+            if deadline:
+                args.append(f"--lock-wait-timeout={int(_remaining(deadline) * 1000)}")
+            return _backup_stream(config, storage, kind, key, settings, info, pg_dump_version,
+                                  PgDump(settings, pg_dump_path, extra_args=args), "database",
+                                  request_id, deadline, progress, on_first_chunk=snapshot.release)
 
 
-def backup_globals(config, storage, kind, when, request_id="", deadline=None):
+@contextlib.contextmanager
+def _one_run(config, storage, kind, key, request_id):
+    """daily / weekly: holds the claim on `key` for the block (claims.py), so a second
+    run of the same slot cannot mix its object with this one's manifest. Yields "" to go
+    ahead, or why not: another run holds it, or one finished between our look and our
+    claim. Manual backups never overwrite, so they need no claim."""
+    if kind == "manual":
+        yield ""
+        return
+    with _storage_errors(storage, "claim", claims.claim_key(key)):
+        claim, holder = claims.take(storage, key, claims.ttl_for(config.timeout_seconds),
+                                    request_id)
+    if claim is None:
+        another_run = claims.another_run(key, holder)
+        log.info("%s; nothing to do", another_run)
+        yield another_run
+        return
+    try:
+        if _storage(storage, storage.head, names.manifest_key(key)):
+            done = f"the {kind} backup {key} already exists"
+            log.info("%s (made while we looked); nothing to do", done)
+            yield done
+        else:
+            yield ""
+    finally:
+        claims.release(storage, claim)
+
+
+def backup_globals(config, storage, kind, when, request_id="", deadline=None, tidy=None):
     """Roles and tablespaces (`pg_dumpall --globals-only`) beside the database backups."""
     pg_dumpall = find_pg_tool("pg_dumpall")
     info = inspect(config.database, _remaining(deadline))
@@ -258,12 +308,17 @@ def backup_globals(config, storage, kind, when, request_id="", deadline=None):
     check_dump_compatible(num, info.server_version_num)
     info.table_rows, info.database_size = {}, 0  # a globals dump holds no table
     key = names.globals_key(storage.prefix, kind, when)
-    if kind != "manual" and _storage(storage.head, names.manifest_key(key)):
+    if kind != "manual" and _storage(storage, storage.head, names.manifest_key(key)):
         return Outcome("(globals)", key, names.manifest_key(key),
                        skipped=f"the {kind} globals backup {key} already exists")
-    process = globals_dump(config.database, pg_dumpall, config.no_role_passwords)
-    return _backup_stream(config, storage, kind, key, config.database, info, version, process,
-                          "globals", request_id, deadline, None)
+    if tidy:
+        tidy()
+    with _one_run(config, storage, kind, key, request_id) as skipped:
+        if skipped:
+            return Outcome("(globals)", key, names.manifest_key(key), skipped=skipped)
+        process = globals_dump(config.database, pg_dumpall, config.no_role_passwords)
+        return _backup_stream(config, storage, kind, key, config.database, info, version,
+                              process, "globals", request_id, deadline, None)
 
 
 def _backup_stream(config, storage, kind, key, settings, info, tool_version, process, content,
@@ -271,9 +326,10 @@ def _backup_stream(config, storage, kind, key, settings, info, tool_version, pro
     """Streams one dump process into `key`, then writes its manifest."""
     started_at = names.now()
     started = time.monotonic()
+    location = _location(storage, key)
     with bound(key=key):
         log.info("backing up %s of %s (%d bytes on disk) to %s", content, settings.dbname,
-                 info.database_size, storage.url + key[len(storage.prefix):])
+                 info.database_size, location)
         meter = _Meter(deadline, progress, on_first_chunk)
         with process, _Watchdog(deadline, process) as watchdog:
             try:
@@ -283,46 +339,80 @@ def _backup_stream(config, storage, kind, key, settings, info, tool_version, pro
                 if watchdog.fired:
                     raise _Meter.timeout() from None
                 raise
-        document = _manifest(config, storage, kind, key, settings, info, tool_version, stored,
-                             meter, process.sql_bytes, started_at, started, request_id, content)
         manifest_key = names.manifest_key(key)
-        _storage(storage.put_bytes, manifest_key, manifest.dumps(document))
+        try:
+            document = _manifest(config, storage, kind, key, settings, info, tool_version,
+                                 stored, meter, process.sql_bytes, started_at, started,
+                                 request_id, content)
+            _storage(storage, storage.put_bytes, manifest_key, manifest.dumps(document))
+        except BaseException as exc:  # also Stopped: an object without manifest never stays
+            left = _remove_object(storage, key, manifest_key)
+            if isinstance(exc, L2CError):
+                raise type(exc)(exc.args[0] + left, exc.hint) from None
+            raise
         seconds = time.monotonic() - started
         log.info("backup complete: %d bytes (%d of SQL) in %.1fs", stored.size,
                  process.sql_bytes, seconds)
         label = settings.dbname if content == "database" else "(globals)"
-        return Outcome(label, key, manifest_key, stored.size, process.sql_bytes,
+        return Outcome(label, key, manifest_key, location, stored.size, process.sql_bytes,
                        document["object"]["sha256"], seconds)
+
+
+def _location(storage, key):
+    """Where `key` is, in full: oss://bucket/prefix/... (the URL ends with the prefix
+    keys start with) or /dir/prefix/... (the URL is the directory)."""
+    if storage.url.startswith("oss://"):
+        return storage.url + key[len(storage.prefix):]
+    return os.path.join(storage.url, key)
+
+
+def _remove_object(storage, key, manifest_key):
+    """Removes a stored object whose manifest could not be written (and the manifest,
+    should a failed attempt have landed after all). Returns what to add to the error."""
+    try:
+        storage.delete(manifest_key)
+        storage.delete(key)
+    except Exception as exc:
+        reason = str(exc).split("\n", 1)[0]
+        log.error("could not remove %s, which has no manifest: %s", key, reason)
+        return (f"; the object {key} has no manifest and could not be removed either "
+                f"({reason}): delete it, or let prune remove it")
+    log.info("removed %s: without its manifest it is no backup", key)
+    return f"; the object {key} was removed: without its manifest it is no backup"
 
 
 def _store(storage, key, process, meter, config, expected_size, overwrite):
     members = gzip_members(process.chunks(), config.gzip_level, config.gzip_workers or None,
                            BLOCK_SIZE)
     with contextlib.closing(members):  # stops the compression threads on any failure
-        return _storage(storage.put_stream, key, meter.wrap(members, process), expected_size,
-                      overwrite=overwrite)
+        return _storage(storage, storage.put_stream, key, meter.wrap(members, process),
+                        expected_size, overwrite=overwrite)
 
 
-def _storage(call, key, *args, **kwargs):
-    """Runs a storage call, turning storage failures into UploadFailed (L2C errors such
-    as DumpFailed pass through unchanged: the dump broke, not the upload)."""
+def _storage(storage, call, key, *args, **kwargs):
+    """Runs a storage call, its failures as UploadFailed (see _storage_errors)."""
     action = "check" if getattr(call, "__name__", "") == "head" else "write"
-    try:
+    with _storage_errors(storage, action, key):
         return call(key, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _storage_errors(storage, action, key):
+    """Storage failures in the block become UploadFailed, the backup's own failure (exit
+    13), naming the target: the OSS seam's StorageFailed line (endpoint, bucket, key),
+    or the directory. Other L2C errors such as DumpFailed pass unchanged: the dump
+    broke, not the upload."""
+    try:
+        yield
+    except StorageFailed as err:
+        raise UploadFailed(err.args[0], err.hint) from None
     except L2CError:
         raise
-    except oss2.exceptions.OssError as exc:
-        hint = {403: "check the AccessKey secret (or STS token), its permissions "
-                     "(oss:GetObject / oss:PutObject on the prefix) and the bucket policy",
-                404: "check OSS_BACKUP_BUCKET and that the bucket exists"}
-        raise UploadFailed(f"could not {action} {key} in OSS: {describe(exc)}",
-                           hint.get(exc.status, "check the OSS endpoint and network; the "
-                                                "upload was aborted and nothing was kept")) from None
     except FileExistsError:
-        raise UploadFailed(f"{key} already exists and a backup never overwrites another",
-                           "run the backup again; it picks a new name") from None
+        raise UploadFailed(f"{key} already exists in {storage.url} and a backup never "
+                           "overwrites another", "run the backup again; it picks a new name") from None
     except OSError as exc:
-        raise UploadFailed(f"could not {action} {key}: {exc.strerror or exc}",
+        raise UploadFailed(f"could not {action} {key} in {storage.url}: {exc.strerror or exc}",
                            "check free space and permissions of the backup directory") from None
 
 

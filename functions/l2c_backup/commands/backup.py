@@ -38,15 +38,9 @@ def run(args):
         if b.get("skipped"):
             print(f"skipped: {b['skipped']}")
         else:
-            print(f"{summary['target']}{b['key'][len(_prefix(summary)):]}: {b['bytes']:,} bytes "
+            print(f"{b['location']}: {b['bytes']:,} bytes "
                   f"({b['sql_bytes']:,} of SQL) in {b['seconds']:.1f}s, sha256 {b['sha256']}")
     return 0
-
-
-def _prefix(summary):
-    # The target URL ends with the key prefix; keys start with it.
-    target = summary["target"]
-    return target.split("/", 3)[3] if target.startswith("oss://") else ""
 
 
 class _Progress:
