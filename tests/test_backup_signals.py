@@ -17,7 +17,7 @@ import time
 import oss2
 import pytest
 
-from l2c_backup import config
+from l2c_backup import config, names
 from l2c_backup.backup import run_backup
 from l2c_local.oss import Fault
 from l2c_local.resolve import child_env
@@ -181,6 +181,32 @@ def test_a_signal_mid_write_to_a_directory_leaves_no_partial_file(
     assert_one_line_saying(stderr, signum)
     wait_for(lambda: gone(dump), "pg_dump to be gone", timeout=10)
     assert all_files(tmp_path) == [], "a partial file or a backup was left behind"
+
+
+def test_a_signal_between_the_object_and_its_manifest_removes_the_object(
+        pg_cluster, seeded_db, oss_server, bucket):
+    """The object is complete and its manifest PUT is held at the server (which then
+    refuses it): stopped there, the run must not leave an object that has no manifest,
+    nor its claim on the day."""
+    key = names.backup_key(PREFIX, "daily", names.now())
+    held = oss_server.inject(Fault(method="PUT", key_prefix=key + ".manifest.json", delay=3,
+                                   status=503, times=None))
+    proc = start_backup(oss_env(pg_cluster, seeded_db, oss_server), "--kind", "daily")
+    try:
+        wait_for(lambda: held.hits or proc.poll() is not None, "the manifest PUT", timeout=120)
+        assert held.hits, proc.communicate()
+        assert bucket.object_exists(key), "the object was not complete when the signal came"
+
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert_one_line_saying(stderr, signal.SIGTERM)
+    oss_server.clear_faults()
+    assert stored_keys(bucket) == [], "an object without manifest (or a claim) was left"
+    assert open_uploads(bucket) == []
 
 
 # -- SIGKILL: what it leaves, the next run removes ----------------------------------------
