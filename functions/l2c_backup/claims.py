@@ -18,9 +18,11 @@ How exclusion is had, by what each storage guarantees:
   claim file is linked into place, which fails if the name exists, so it appears whole
   and only once), the first run to create `<key>.claim` holds it. An expired claim is
   taken over by creating the next generation, `<key>.<n>.claim`, the same way: of two
-  runs taking over the same dead claim only one can create that name, and no run ever
-  deletes a claim it does not hold (delete-then-create would let the slower taker
-  delete the faster one's fresh claim, and both would go on).
+  runs taking over the same dead claim only one can create that name. The dead claims
+  stay until the new holder lets go (then it deletes them with its own), so every run
+  that looks meanwhile finds one; and no run deletes a claim it does not hold
+  (delete-then-create would let the slower taker delete the faster one's fresh claim,
+  and both would go on).
 - OSS with versioning enabled ignores `x-oss-forbid-overwrite` (OSS documents it; the
   PutObject answer then carries a version id): every run's claim becomes a version of
   `<key>.claim`, and OSS keeps them in the order it stored them. Replaying that history
@@ -74,6 +76,7 @@ class Claim:
     key: str  # the claim object
     document: dict
     version_id: str = ""  # on a versioned bucket: this run's version of the claim
+    replaces: tuple = ()  # the dead claims it took over from, deleted with it
 
 
 def another_run(key, holder):
@@ -120,7 +123,8 @@ def take(storage, key, ttl_seconds, run_id="", now=None):
             stored = storage.put_bytes(target, data, overwrite=False)
         except FileExistsError:
             continue  # another run created it first: it holds the slot now
-        claim = Claim(target, document, stored.version_id or "")
+        claim = Claim(target, document, stored.version_id or "",
+                      tuple(older for _, older in generations))
         if claim.version_id == "null":
             log.warning("the bucket's versioning is suspended: OSS then overwrites %s instead of "
                         "refusing, so nothing stops a second run of this backup; enable "
@@ -128,15 +132,16 @@ def take(storage, key, ttl_seconds, run_id="", now=None):
             return claim, None
         if claim.version_id:
             return _settle_by_history(storage, claim)
-        for _, older in generations:  # the expired ones this one replaces
-            _delete_quietly(storage, older)
         return claim, None
     return None, holder or {"run_id": "(changing hands)"}
 
 
 def release(storage, claim):
-    """Lets go of a claim this run holds (on a versioned bucket a delete marker, which
-    ends the hold in the claim's history). Never raises: a claim left behind lapses."""
+    """Lets go of a claim this run holds, and of the dead ones it took over from (on a
+    versioned bucket a delete marker, which ends the hold in the claim's history).
+    Never raises: a claim left behind lapses."""
+    for older in claim.replaces:
+        _delete_quietly(storage, older)
     try:
         storage.delete(claim.key)
     except ObjectLocked:
