@@ -57,7 +57,10 @@ def handler(event, context):
         except L2CError as err:
             report_failure(log, "drill", err)
             raise
+        cause = report.pop("error", None)
         if not report["ok"]:
-            raise already_alerted(RestoreFailed("drill failed: " + "; ".join(report["failures"]),
-                                                "see the alert; restore the backup by hand to investigate"))
+            # The drill alerted already; FC records the real cause (its exit code, its hint).
+            raise already_alerted(cause or RestoreFailed(
+                "drill failed: " + "; ".join(report["failures"]),
+                "see the alert; restore the backup by hand to investigate"))
     return json.dumps(report)

@@ -7,7 +7,8 @@ import pytest
 from fc_handlers import fc_context, load_handler
 from l2c_backup import alerts, config
 from l2c_backup.backup import run_backup
-from l2c_backup.errors import ConfigInvalid, RestoreFailed
+from l2c_backup.errors import BackupNotFound, ConfigInvalid, RestoreFailed
+from l2c_backup.fc import ALERTED_MARK
 from l2c_backup.storage import open_storage
 from l2c_backup.verify import verify
 
@@ -77,8 +78,10 @@ def test_a_failing_check_fails_the_drill_alerts_urgently_and_still_drops_the_scr
 def test_a_kind_without_a_verified_backup_fails_the_drill(drill_env, pg_cluster, alerts_sent):
     run_backup(config.load(drill_env), "weekly")  # made, never verified
     before = databases(pg_cluster)
-    with pytest.raises(RestoreFailed, match="no verified backup"):
+    # FC records the real cause, not a generic "drill failed"
+    with pytest.raises(BackupNotFound, match="no verified backup") as raised:
         drill_fn.handler(b'{"kind": "weekly"}', fc_context(name="drill"))
+    assert str(raised.value).startswith(ALERTED_MARK) and str(raised.value).count("what to do") == 1
     assert databases(pg_cluster) == before and alerts_sent[-1].severity == "urgent"
 
 

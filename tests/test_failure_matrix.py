@@ -35,7 +35,7 @@ from alert_receiver import AlertReceiver
 from l2c_backup import config
 from l2c_backup.backup import run_backup
 from l2c_backup.errors import (BackupNotFound, ConfigInvalid, DatabaseUnreachable, DumpFailed,
-                               RestoreFailed, RestoreRefused, StorageFailed, UploadFailed)
+                               RestoreRefused, StorageFailed, UploadFailed)
 from l2c_backup.mirror import mirror
 from l2c_backup.storage import open_storage
 from l2c_backup.verify import verify
@@ -235,9 +235,6 @@ def build_cells(world):
 
         def cell(column, env=None, exit_codes=(0,), named=(), args=None, **kw):
             args = args or (fc_args(row, w) if fc else cli_args(row, w, column))
-            if row == "FC drill" and exit_codes != (0,) and column != "setting bad":
-                # the drill reports what stopped it as its failed restore ("drill failed: ...")
-                exit_codes = tuple(dict.fromkeys(exit_codes + (RestoreFailed.exit_code,)))
             cells.append(Cell(row, column, args, env or {}, exit_codes=exit_codes, named=named, **kw))
 
         def db_cell(column, url, exit_codes, named):
@@ -251,7 +248,7 @@ def build_cells(world):
 
         stored = (StorageFailed.exit_code,)
         if "backup" in row:  # the backup names its failure to write as UploadFailed
-            stored = (StorageFailed.exit_code, UploadFailed.exit_code)
+            stored = (UploadFailed.exit_code,)
         cell("ok, settings empty", dict.fromkeys(EMPTY_SETTINGS, ""))
         if fc:
             cell("OSS credentials", role=(ROLE[0], WRONG_SECRET, ROLE[2]), exit_codes=stored, named=(BUCKET,))
@@ -274,8 +271,7 @@ def build_cells(world):
             db_cell("DB no password", w.db_url(dbname, password=""), (DatabaseUnreachable.exit_code,),
                     (f'user "{w.cluster.superuser}"', f"{w.cluster.host}:{w.cluster.port}", setting))
             db_cell("DB role unprivileged", w.db_url(dbname, user=WEAK_ROLE, password=WEAK_PASSWORD),
-                    (DumpFailed.exit_code,) if "backup" in row else
-                    (RestoreRefused.exit_code, RestoreFailed.exit_code, DatabaseUnreachable.exit_code),
+                    (DumpFailed.exit_code,) if "backup" in row else (RestoreRefused.exit_code,),
                     (WEAK_ROLE,))
         name, value = BAD_SETTING[row]
         cell("setting bad", {name: value}, (ConfigInvalid.exit_code,), (name,))

@@ -126,6 +126,7 @@ def run_drill(storage, kind, server, production_db, sql_checks=(), rto_seconds=R
             drop_database(server, scratch)
     except L2CError as err:
         report["failures"] = [str(err)]
+        report["error"] = err  # the handler raises the real cause (popped before JSON)
         report.setdefault("restore_seconds", None)
     seconds = report["restore_seconds"]
     report["within_rto"] = seconds is not None and seconds <= rto_seconds
