@@ -125,6 +125,30 @@ def test_a_directory_cleans_an_old_object_without_manifest_through_the_cli(tmp_p
     assert live_backups(storage) == [daily_key(0), daily_key(1), daily_key(8)]
 
 
+def test_prune_removes_what_a_killed_backup_left_once_no_run_can_own_it(tmp_path):
+    """A `.partial-*` file is what a SIGKILLed write to a directory leaves (see
+    test_backup_signals for the real kill); prune removes an old one, never a young one."""
+    storage = open_storage(str(tmp_path))
+    put_daily(storage, range(1))
+    folder = tmp_path / PREFIX / "daily"  # named as DirectoryStorage.put_stream names them
+    old_partial = folder / f".partial-{'a' * 32}-{daily_key(5).rsplit('/', 1)[1]}"
+    young_partial = folder / f".partial-{'b' * 32}-{daily_key(6).rsplit('/', 1)[1]}"
+    old_partial.write_bytes(b"half a backup")
+    young_partial.write_bytes(b"a backup being written")
+    old = time.time() - INCOMPLETE_AFTER_SECONDS - HOUR
+    os.utime(old_partial, (old, old))
+
+    dry = run_cli("--from", str(tmp_path), "--dry-run", env=cli_env())
+    assert dry.returncode == 0 and old_partial.exists()
+    done = run_cli("--from", str(tmp_path), "--json", env=cli_env())
+
+    assert done.returncode == 0, done.stderr
+    removed = json.loads(done.stdout)["unfinished_removed"]
+    assert len(removed) == 1 and old_partial.name in removed[0]
+    assert not old_partial.exists() and young_partial.exists()
+    assert live_backups(storage) == [daily_key(0)]
+
+
 def test_the_prune_after_each_backup_ignores_and_cleans_objects_without_manifest(
         tmp_path, pg_cluster, seeded_db):
     env = {"DATABASE_URL": pg_cluster.url(seeded_db), "BACKUP_TARGET": str(tmp_path),

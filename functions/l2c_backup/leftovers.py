@@ -10,9 +10,10 @@ The safe age. A multipart upload shows only its key and when it started, not who
 is, and the runs sharing a target need not share a time budget (a CLI cron job beside
 the FC functions, or with none at all). So the age is the longest a run can last
 anywhere: FC stops any invocation after 24 h (86,400 s, its limit for timer and async
-work), plus an hour for clock differences and the clean-up after a stop; or the run's own
-budget plus that hour when it is longer. A CLI run without BACKUP_TIMEOUT_SECONDS that
-goes past 25 h could lose its upload to another run; set a budget where that can happen.
+work), plus two hours for retries, clock differences and the clean-up after a stop; or
+the run's own budget plus those hours when it is longer. A CLI run without
+BACKUP_TIMEOUT_SECONDS that goes past 26 h could lose its upload to another run; set a
+budget where that can happen. Prune waits as long for a manifest (the same bound).
 OSS's lifecycle rule (`setup-oss`: incomplete uploads aborted after 7 days) is the
 backstop where listing uploads is not allowed (oss:ListMultipartUploads).
 """
@@ -25,7 +26,7 @@ from . import names
 log = logging.getLogger(__name__)
 
 FC_MAX_SECONDS = 86_400  # FC's longest invocation (timer and async work)
-MARGIN_SECONDS = 3_600  # clock differences between hosts and OSS, clean-up after a stop
+MARGIN_SECONDS = 7_200  # retries, clock differences between hosts and OSS, clean-up after a stop
 
 
 def safe_age(timeout_seconds=0):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Optional
 
-from . import alerts, names
+from . import alerts, claims, leftovers, names
 from .storage import ObjectLocked
 from .verify import VERIFY_SUFFIX
 
@@ -43,13 +43,13 @@ LOCAL_KEEP = 10  # PLAN §3: the local tier keeps the newest 10
 # `<key>.claim` (and `<key>.<n>.claim`, the n-th takeover of an expired one): a backup
 # run's claim on its slot (JSON with `expires_at`), made before the object is written and
 # deleted when the run ends (claims.py). A sidecar like the others.
-CLAIM_SUFFIX = ".claim"
+CLAIM_SUFFIX = claims.SUFFIX
 SIDECARS = (names.MANIFEST_SUFFIX, VERIFY_SUFFIX, CLAIM_SUFFIX)
 _CLAIM = re.compile(rf"^(?P<owner>.+{re.escape(names.SUFFIX)})\.(?:[1-9][0-9]*\.)?claim$")
 # An object without manifest younger than this may belong to a run still writing it: a
 # multipart object can be dated from the start of its upload, and an FC run lasts at most
-# 24 h; 2 h more for retries and clock skew between the runner and OSS.
-INCOMPLETE_AFTER_SECONDS = 26 * 3600
+# 24 h; 2 h more for retries and clock skew. The bound of unfinished uploads too.
+INCOMPLETE_AFTER_SECONDS = leftovers.safe_age()
 WORM_SKIPPED = "skipped: still under the retention policy (WORM)"
 
 

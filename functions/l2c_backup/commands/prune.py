@@ -2,7 +2,7 @@
 import json
 import os
 
-from .. import config, names
+from .. import config, leftovers, names
 from ..errors import ConfigInvalid
 from ..prune import prune, summary
 from ..storage import open_storage
@@ -38,6 +38,9 @@ def run(args):
         keep.update(dict.fromkeys(kinds, args.keep))
     storage = open_storage(target, oss)
     report = summary(prune(storage, kinds, keep, dry_run=args.dry_run), args.dry_run)
+    # what killed backups left (open multipart uploads, .partial-* files), as a backup does
+    report["unfinished_removed"] = ([] if args.dry_run else
+                                    leftovers.clean(storage, leftovers.safe_age()))
     if args.json:
         print(json.dumps(dict(report, target=storage.url, keep=keep), indent=2))
         return 0
@@ -53,5 +56,7 @@ def run(args):
         line += (f", {report['incomplete']} without manifest "
                  f"{'to delete' if args.dry_run else 'deleted'}, "
                  f"{report['waiting']} waiting for manifest")
+    for removed in report["unfinished_removed"]:
+        print(f"removed {removed}")
     print(line)
     return 0
