@@ -358,7 +358,9 @@ def test_without_a_policy_file_the_policy_is_the_one_policies_prints_for_the_pre
         assert statement["Resource"] == [f"acs:oss:*:{ACCOUNT}:{BUCKET}/pg/backups/*"]
         assert set(statement["Action"]) == {"oss:PutObject", "oss:GetObject", "oss:DeleteObject",
                                             "oss:PutObjectTagging", "oss:GetObjectTagging",
-                                            "oss:AbortMultipartUpload", "oss:ListParts"}
+                                            "oss:AbortMultipartUpload", "oss:ListParts",
+                                            "oss:GetObjectVersion", "oss:DeleteObjectVersion",
+                                            "oss:RestoreObject"}
     assert [st["Condition"] for st in applied["Statement"]] == [
         {"StringEquals": {"acs:SourceVpc": [VPC]}}, {"IpAddress": {"acs:SourceIp": [SERVER_IP]}}]
 

@@ -57,9 +57,11 @@ WORM_MAX_DAYS = 25550  # 70 years, OSS's limit
 # Where the policy template is looked for when BUCKET_POLICY_FILE is not set: the
 # current directory, then the repository (functions/l2c_backup/ -> ../../deploy/).
 # The object actions the backup role needs on `bucket/prefix*` (storage/oss.py: put,
-# multipart upload (PutObject), head/get, delete, tagging; abort on failure).
+# multipart upload (PutObject), head/get, delete, tagging; abort on failure; a claim's
+# versions on a versioned bucket (claims.py); RestoreObject for Archive (archive.py)).
 OBJECT_ACTIONS = ["oss:PutObject", "oss:GetObject", "oss:DeleteObject", "oss:PutObjectTagging",
-                  "oss:GetObjectTagging", "oss:AbortMultipartUpload", "oss:ListParts"]
+                  "oss:GetObjectTagging", "oss:AbortMultipartUpload", "oss:ListParts",
+                  "oss:GetObjectVersion", "oss:DeleteObjectVersion", "oss:RestoreObject"]
 WORM_FLAG = "needs --yes-lock-worm (locking is irreversible)"
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|DATABASE_URL|KEY_ID")
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")

@@ -11,8 +11,11 @@ What the role needs is what the code calls (storage/oss.py, verify, prune, drill
 - on `<bucket>/<prefix>*`: PutObject (put, and every multipart step but abort; a
   tagging header on upload also needs PutObjectTagging), GetObject (get and head),
   DeleteObject (prune), Get/PutObjectTagging (the verify verdict), AbortMultipartUpload
-  (a failed upload is aborted), ListParts; ListObjects on the bucket, only under the
-  prefix (listing for prune, verify --all, the watchdog);
+  (a failed upload is aborted), ListParts, Get/DeleteObjectVersion (a claim's versions
+  on a versioned bucket, claims.py), RestoreObject (Archive, archive.py); ListObjects and
+  ListObjectVersions on the bucket, only under the prefix (listing for prune, verify
+  --all, the watchdog, claims); ListMultipartUploads on the bucket (uploads a killed
+  backup left, leftovers.py; it takes no prefix condition);
 - reads of the DR bucket under the same prefix (the DR drill);
 - fc:InvokeFunction on the `alert` function (the async failure destination);
 - log:PostLogStoreLogs on the service's logstore;
@@ -37,7 +40,7 @@ KINDS = ("ram", "trust", "bucket")
 FILES = {"ram": "ram-policy.json", "trust": "trust-policy.json", "bucket": "bucket-policy.json"}
 KMS_ACTIONS = ["kms:GenerateDataKey", "kms:Decrypt"]
 VPC_ACTIONS = ["vpc:DescribeVSwitchAttributes", "vpc:DescribeVpcAttribute"]
-READ_ACTIONS = ["oss:GetObject", "oss:GetObjectTagging"]
+READ_ACTIONS = ["oss:GetObject", "oss:GetObjectTagging", "oss:RestoreObject"]  # DR drills
 # What sets each placeholder (the one message that tells a person what to do).
 SET_BY = {"ACCOUNT_ID": "ACCOUNT_ID", "BUCKET": "OSS_BACKUP_BUCKET", "DR_BUCKET": "OSS_DR_BUCKET",
           "VPC_ID": "L2C_VPC_ID", "LOG_PROJECT": "L2C_LOG_PROJECT", "LOG_STORE": "L2C_LOG_STORE",
@@ -93,8 +96,8 @@ def _oss(s, bucket, key_pattern=None):
     return f"acs:oss:*:{s.account_id}:{bucket}" + (f"/{key_pattern}" if key_pattern is not None else "")
 
 
-def _listing(s, bucket):
-    return {"Effect": "Allow", "Action": ["oss:ListObjects"], "Resource": [_oss(s, bucket)],
+def _listing(s, bucket, actions=("oss:ListObjects",)):
+    return {"Effect": "Allow", "Action": list(actions), "Resource": [_oss(s, bucket)],
             "Condition": {"StringLike": {"oss:Prefix": [f"{s.prefix}*"]}}}
 
 
@@ -103,7 +106,8 @@ def ram_policy(s):
     statements = [
         {"Effect": "Allow", "Action": list(OBJECT_ACTIONS),
          "Resource": [_oss(s, s.bucket, f"{s.prefix}*")]},
-        _listing(s, s.bucket),
+        _listing(s, s.bucket, ("oss:ListObjects", "oss:ListObjectVersions")),
+        {"Effect": "Allow", "Action": ["oss:ListMultipartUploads"], "Resource": [_oss(s, s.bucket)]},
         {"Effect": "Allow", "Action": list(READ_ACTIONS),
          "Resource": [_oss(s, s.dr_bucket, f"{s.prefix}*")]},
         _listing(s, s.dr_bucket),
