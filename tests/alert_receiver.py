@@ -149,3 +149,14 @@ def receiver():
     server = AlertReceiver().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def alerts_sent():
+    """Every alert this test sends, as l2c_backup.alerts hands it to its sinks (a test
+    file may override it, e.g. to leave out the backups' own "backup done")."""
+    from l2c_backup import alerts
+    sent = []
+    sink = alerts.add_sink(sent.append)
+    yield sent
+    alerts.remove_sink(sink)

@@ -83,15 +83,6 @@ def test_missing_bucket_setting_is_named(fc_env, monkeypatch):
         backup.handler(b'{"kind":"manual"}', fc_context("r", "STS.role-key", "role-secret", "role-token"))
 
 
-@pytest.fixture
-def alerts_sent():
-    from l2c_backup import alerts
-    sent = []
-    sink = alerts.add_sink(sent.append)
-    yield sent
-    alerts.remove_sink(sink)
-
-
 def test_a_backup_reports_success_as_info_and_a_slow_one_also_as_notice(fc_env, alerts_sent, monkeypatch):
     from l2c_backup import backup as backup_lib
     monkeypatch.setattr(backup_lib, "SLOW_SECONDS", 0)

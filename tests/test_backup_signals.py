@@ -21,6 +21,7 @@ from l2c_backup import config, names
 from l2c_backup.backup import run_backup
 from l2c_local.oss import Fault
 from l2c_local.resolve import child_env
+from test_backup_faults import backup_env
 
 CLI = [sys.executable, "-m", "l2c_backup.cli"]
 PREFIX = "db-backups/"
@@ -28,15 +29,6 @@ LOG_LINE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} (DEBUG|INFO|W
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-def oss_env(pg_cluster, dbname, oss_server, **extra):
-    env = {"DATABASE_URL": pg_cluster.url(dbname), "OSS_ENDPOINT": oss_server.endpoint,
-           "OSS_BACKUP_BUCKET": "l2c-backups", "OSS_ACCESS_KEY_ID": oss_server.access_key_id,
-           "OSS_ACCESS_KEY_SECRET": oss_server.access_key_secret, "PATH": os.environ["PATH"],
-           "UPLOAD_MIN_PART_MB": "1"}  # ~10 parts for the seeded database
-    env.update({name: str(value) for name, value in extra.items()})
-    return env
-
 
 def dir_env(pg_cluster, dbname, target, **extra):
     env = {"DATABASE_URL": pg_cluster.url(dbname), "BACKUP_TARGET": str(target),
@@ -138,7 +130,7 @@ def slow_parts(oss_server):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_mid_upload_stops_pg_dump_aborts_the_upload_and_leaves_nothing(
         signum, pg_cluster, seeded_db, oss_server, bucket, slow_parts):
-    proc = start_backup(oss_env(pg_cluster, seeded_db, oss_server))
+    proc = start_backup(backup_env(pg_cluster, seeded_db, oss_server))
     try:
         (dump,) = wait_for(lambda: pg_dumps_of(proc.pid), "pg_dump to start")
         wait_for(lambda: slow_parts.hits >= 3, "three parts to be on their way")
@@ -191,7 +183,7 @@ def test_a_signal_between_the_object_and_its_manifest_removes_the_object(
     key = names.backup_key(PREFIX, "daily", names.now())
     held = oss_server.inject(Fault(method="PUT", key_prefix=key + ".manifest.json", delay=3,
                                    status=503, times=None))
-    proc = start_backup(oss_env(pg_cluster, seeded_db, oss_server), "--kind", "daily")
+    proc = start_backup(backup_env(pg_cluster, seeded_db, oss_server), "--kind", "daily")
     try:
         wait_for(lambda: held.hits or proc.poll() is not None, "the manifest PUT", timeout=120)
         assert held.hits, proc.communicate()
@@ -213,7 +205,7 @@ def test_a_signal_between_the_object_and_its_manifest_removes_the_object(
 
 def test_an_upload_left_open_by_sigkill_is_aborted_by_the_next_run(
         pg_cluster, seeded_db, oss_server, bucket, slow_parts, caplog):
-    env = oss_env(pg_cluster, seeded_db, oss_server)
+    env = backup_env(pg_cluster, seeded_db, oss_server)
     proc = start_backup(env)
     try:
         wait_for(lambda: slow_parts.hits >= 3, "three parts to be on their way")

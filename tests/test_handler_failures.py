@@ -5,18 +5,10 @@ import json
 import pytest
 
 from fc_handlers import fc_context, load_handler
-from l2c_backup import alerts, events
+from l2c_backup import events
 from l2c_backup.errors import EventInvalid
 
 DEEP = b"[" * 100_000 + b"]" * 100_000  # valid JSON, deeper than Python's recursion limit
-
-
-@pytest.fixture
-def alerts_sent():
-    sent = []
-    sink = alerts.add_sink(sent.append)
-    yield sent
-    alerts.remove_sink(sink)
 
 
 @pytest.mark.parametrize("parse", [events.parse_backup_event, events.parse_drill_event,

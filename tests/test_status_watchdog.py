@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from fc_handlers import fc_context, load_handler
-from l2c_backup import alerts, config
+from l2c_backup import config
 from l2c_backup.errors import NotCompliant
 from l2c_backup.status import GB, monthly_cost, BackupInfo
 from l2c_backup.storage import open_storage
@@ -24,14 +24,6 @@ def put_backup(storage, key, hours_ago, verified=True):
     storage.put_bytes(key + ".manifest.json", json.dumps({"finished_at": finished}).encode())
     if verified:
         storage.set_tags(key, {"verify": "ok", "verify-reason": "ok"})
-
-
-@pytest.fixture
-def alerts_sent():
-    sent = []
-    sink = alerts.add_sink(sent.append)
-    yield sent
-    alerts.remove_sink(sink)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import zlib
 import pytest
 import tenacity
 
-from l2c_backup import alerts, config, retry, verify as verify_mod
+from l2c_backup import config, retry, verify as verify_mod
 from l2c_backup.backup import run_backup
 from l2c_backup.errors import BackupNotFound, StorageFailed
 from l2c_backup.storage import open_storage
@@ -25,14 +25,6 @@ def good_backup(pg_cluster, seeded_db, tmp_path_factory):
     data = (root / done["key"]).read_bytes()
     doc = json.loads((root / (done["key"] + ".manifest.json")).read_bytes())
     return done["key"], data, doc
-
-
-@pytest.fixture
-def alerts_sent():
-    sent = []
-    sink = alerts.add_sink(sent.append)
-    yield sent
-    alerts.remove_sink(sink)
 
 
 def store(storage, key, data, doc, manifest=True):

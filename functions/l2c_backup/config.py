@@ -179,7 +179,9 @@ def oss_settings(environ, credentials=None):
 
 def storage_target(environ=None, target=None, credentials=None, flag="--to"):
     """(target, OSS settings or None): where backups live, for every operation."""
+    from .storage import check_target
     environ = environment(environ)
+    origin = flag if target else "BACKUP_TARGET"
     if target:
         environ["BACKUP_TARGET"] = target
     check_env(environ)
@@ -189,7 +191,9 @@ def storage_target(environ=None, target=None, credentials=None, flag="--to"):
         if not bucket:
             raise ConfigInvalid("no backup target: OSS_BACKUP_BUCKET is not set",
                                 f"set OSS_BACKUP_BUCKET (and OSS_ENDPOINT), or give {flag} DIR")
-        target = f"oss://{bucket}/{environ.get('OSS_BACKUP_PREFIX', 'db-backups/')}"
+        target, origin = f"oss://{bucket}/{environ.get('OSS_BACKUP_PREFIX', 'db-backups/')}", \
+            "OSS_BACKUP_BUCKET"
+    check_target(target, origin)  # names the flag or variable of a bucket OSS refuses
     oss = oss_settings(environ, credentials) if target.startswith("oss://") else None
     if oss:
         register_secret(oss.access_key_secret, oss.security_token)
