@@ -581,8 +581,8 @@ class Bench:
                            f"on restore()'s own restore_seconds (no interpreter start), fastest: "
                            f"{best[key].inner_seconds / best[base].wall:.2f}")
         out.append("- (a) runs psql WITHOUT --single-transaction (every statement commits on its "
-                   "own); l2c restores with --single-transaction, as (a') does: (a') is the "
-                   "like-for-like baseline")
+                   "own); l2c restores in one transaction (its own BEGIN ... COMMIT), as (a') "
+                   "does: (a') is the like-for-like baseline")
         sizes = {k: r.restored_bytes for k, r in best.items() if r.restored_bytes}
         if sizes:
             out.append("- restored database size: " + ", ".join(
