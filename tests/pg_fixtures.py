@@ -3,12 +3,14 @@
 Load with `pytest_plugins = ["pg_fixtures"]` in tests/conftest.py, or `-p pg_fixtures`
 with tests/ on sys.path.
 """
+import contextlib
+import subprocess
 
 import pytest
 
 from l2c_local.pgcluster import PgCluster, PgClusterError, find_bin_dir, seed
 
-__all__ = ["pg_cluster", "seeded_db", "SEEDED_DB"]
+__all__ = ["pg_cluster", "seeded_db", "SEEDED_DB", "table_locked"]
 
 SEEDED_DB = "l2c_seed"
 
@@ -32,3 +34,26 @@ def seeded_db(pg_cluster):
     pg_cluster.create_database(SEEDED_DB)
     seed(pg_cluster, SEEDED_DB)
     return SEEDED_DB
+
+
+# What a backup's pre-flight row count waiting on a lock looks like (it is surely running).
+WAITING_ON_A_LOCK = ("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'l2c-backup' "
+                     "AND wait_event_type = 'Lock'")
+
+
+@contextlib.contextmanager
+def table_locked(cluster, dbname):
+    """A new database `dbname` with a table `held` that another session holds in ACCESS
+    EXCLUSIVE mode for the block: what l2c reads there waits, so a test can signal it
+    while it is surely running."""
+    cluster.psql(f"DROP DATABASE IF EXISTS {dbname}")
+    cluster.create_database(dbname)
+    cluster.psql("CREATE TABLE held (id int)", dbname=dbname)
+    holder = subprocess.Popen([str(cluster.bin("psql")), "-X", "-q", "-d", dbname, "-c",
+                               "BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(300);"],
+                              env=cluster.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        holder.kill()
+        holder.wait()

@@ -7,6 +7,8 @@ import sys
 import oss2
 import pytest
 
+from pg_fixtures import WAITING_ON_A_LOCK, table_locked
+
 CLI = [sys.executable, "-m", "l2c_backup.cli"]
 
 
@@ -193,22 +195,14 @@ def test_a_failed_restore_sends_no_alert_the_person_running_it_reads_the_line(re
 
 def test_a_cli_backup_stopped_by_sigterm_alerts_once_and_ctrl_c_does_not(pg_cluster, receiver, tmp_path):
     import time
-    pg_cluster.psql("DROP DATABASE IF EXISTS l2c_sigterm")
-    pg_cluster.create_database("l2c_sigterm")
-    pg_cluster.psql("CREATE TABLE held (id int)", dbname="l2c_sigterm")
-    # A lock the backup's row count waits on: the backup is surely running when signalled.
-    holder = subprocess.Popen([str(pg_cluster.bin("psql")), "-X", "-q", "-d", "l2c_sigterm", "-c",
-                               "BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(300);"],
-                              env=pg_cluster.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": pg_cluster.url("l2c_sigterm"),
            "ALERT_WEBHOOK_URL": receiver.url("/webhook/cron")}
-    try:
+    with table_locked(pg_cluster, "l2c_sigterm"):
         for signum, alerts in ((signal.SIGINT, 0), (signal.SIGTERM, 1)):
             backup = subprocess.Popen(CLI + ["backup", "--to", str(tmp_path)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             deadline = time.monotonic() + 60
-            while pg_cluster.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                                  "'l2c-backup' AND wait_event_type = 'Lock'").strip() != "1":
+            while pg_cluster.psql(WAITING_ON_A_LOCK).strip() != "1":
                 assert time.monotonic() < deadline and backup.poll() is None, backup.stderr.read()
                 time.sleep(0.2)
             backup.send_signal(signum)
@@ -221,6 +215,3 @@ def test_a_cli_backup_stopped_by_sigterm_alerts_once_and_ctrl_c_does_not(pg_clus
             assert len(receiver.to("webhook")) == alerts  # Ctrl-C: the person is at the terminal
         [alert] = receiver.to("webhook")
         assert alert.body["title"] == "backup failed" and "stopped by SIGTERM" in alert.body["reason"]
-    finally:
-        holder.kill()
-        holder.wait()

@@ -14,6 +14,7 @@ from l2c_backup.database import (
 )
 from l2c_backup.errors import ConfigInvalid, DatabaseUnreachable
 from l2c_local.pgcluster import PgCluster, free_port, table_counts
+from pg_fixtures import WAITING_ON_A_LOCK, table_locked
 
 SECRET = "s3cr/et:p@ss#word%"  # every character that needs percent-encoding in a URL
 
@@ -471,18 +472,10 @@ def test_a_snapshot_interrupted_while_waiting_for_a_lock_cancels_its_query(pg_cl
     import signal
     import threading
     from l2c_backup.database import Snapshot
-    pg_cluster.psql("DROP DATABASE IF EXISTS l2c_locked")
-    pg_cluster.create_database("l2c_locked")
-    pg_cluster.psql("CREATE TABLE held (id int)", dbname="l2c_locked")
-    holder = subprocess.Popen([str(pg_cluster.bin("psql")), "-X", "-q", "-d", "l2c_locked", "-c",
-                               "BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(300);"],
-                              env=pg_cluster.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    waiting = ("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'l2c-backup' "
-               "AND wait_event_type = 'Lock'")
 
     def interrupt_once_waiting():
         deadline = time.monotonic() + 60
-        while pg_cluster.psql(waiting).strip() != "1" and time.monotonic() < deadline:
+        while pg_cluster.psql(WAITING_ON_A_LOCK).strip() != "1" and time.monotonic() < deadline:
             time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGUSR1)
 
@@ -491,16 +484,15 @@ def test_a_snapshot_interrupted_while_waiting_for_a_lock_cancels_its_query(pg_cl
 
     previous = signal.signal(signal.SIGUSR1, raise_interrupted)
     try:
-        threading.Thread(target=interrupt_once_waiting, daemon=True).start()
-        with pytest.raises(Interrupted):  # before the fix: ROLLBACK queued behind the count, forever
-            with Snapshot(settings_for(pg_cluster, "l2c_locked")):
-                pass
-        # the server was told: the count no longer waits in the lock queue
-        deadline = time.monotonic() + 30
-        while pg_cluster.psql(waiting).strip() != "0":
-            assert time.monotonic() < deadline, "the interrupted count still waits for the lock"
-            time.sleep(0.1)
+        with table_locked(pg_cluster, "l2c_locked"):
+            threading.Thread(target=interrupt_once_waiting, daemon=True).start()
+            with pytest.raises(Interrupted):  # before the fix: ROLLBACK queued behind the count, forever
+                with Snapshot(settings_for(pg_cluster, "l2c_locked")):
+                    pass
+            # the server was told: the count no longer waits in the lock queue
+            deadline = time.monotonic() + 30
+            while pg_cluster.psql(WAITING_ON_A_LOCK).strip() != "0":
+                assert time.monotonic() < deadline, "the interrupted count still waits for the lock"
+                time.sleep(0.1)
     finally:
         signal.signal(signal.SIGUSR1, previous)
-        holder.kill()
-        holder.wait()
