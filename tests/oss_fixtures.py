@@ -154,3 +154,16 @@ class EventReceiver:
 def event_receiver():
     with EventReceiver() as receiver:
         yield receiver
+
+
+@pytest.fixture
+def oss_without_backoff(monkeypatch):
+    """The OSS backend's real retry policies (attempt caps, what counts as transient)
+    without the jittered sleeps between attempts, so a test with many retries stays fast."""
+    import tenacity
+    from l2c_backup import retry
+    from l2c_backup.storage import oss as oss_backend
+    for name in ("oss_policy", "read_policy"):
+        real = getattr(retry, name)
+        monkeypatch.setattr(oss_backend, name,
+                            lambda *a, _real=real, **k: {**_real(*a, **k), "wait": tenacity.wait_none()})

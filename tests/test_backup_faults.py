@@ -23,14 +23,12 @@ from urllib.parse import quote
 
 import oss2
 import pytest
-import tenacity
 
 from l2c_backup import alerts, config, retry
 from l2c_backup.backup import run_backup
 from l2c_backup.dump import PgDump, PgProcess
 from l2c_backup.errors import (BackupTimeout, DatabaseUnreachable, DumpFailed, L2CError,
                                UploadFailed)
-from l2c_backup.storage import oss as oss_storage
 from l2c_local.oss import Fault
 from l2c_local.pgcluster import free_port, table_digests
 
@@ -40,16 +38,7 @@ MiB = 1024 * 1024
 
 # -- helpers ------------------------------------------------------------------------------
 
-@pytest.fixture(autouse=True)
-def no_backoff(monkeypatch):
-    """The real retry policy (attempt and time caps, what counts as transient) without
-    the jittered sleeps between attempts, so a test with many retries stays fast."""
-    real_policy = retry.oss_policy
-
-    def policy(*args, **kwargs):
-        return {**real_policy(*args, **kwargs), "wait": tenacity.wait_none()}
-
-    monkeypatch.setattr(oss_storage, "oss_policy", policy)
+pytestmark = pytest.mark.usefixtures("oss_without_backoff")
 
 
 def backup_env(pg_cluster, dbname, oss_server, **extra):

@@ -139,7 +139,7 @@ def test_verify_command_waits_verify_manifest_wait_seconds_for_a_missing_manifes
     assert result.returncode == 15  # BackupCorrupt
     assert f"no {key}.manifest.json after 1s" in result.stdout
     flag = run_cli("verify", key, "--from", str(tmp_path), "--manifest-wait", "2", env=env)
-    assert f"after 2s" in flag.stdout  # the flag wins over the variable
+    assert "after 2s" in flag.stdout  # the flag wins over the variable
     bad = run_cli("verify", key, "--from", str(tmp_path),
                   env=dict(env, VERIFY_MANIFEST_WAIT_SECONDS="soon"))
     assert bad.returncode == 2

@@ -12,7 +12,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-import tenacity
 
 from l2c_backup import config, mirror as mirror_mod, retry
 from l2c_backup.backup import run_backup
@@ -20,7 +19,6 @@ from l2c_backup.commands import mirror as mirror_command
 from l2c_backup.errors import BackupCorrupt, ConfigInvalid, StorageFailed, UploadFailed
 from l2c_backup.mirror import mirror
 from l2c_backup.storage import open_storage
-from l2c_backup.storage import oss as oss_backend
 from l2c_local.oss import Fault, LocalOSS
 from l2c_local.pgcluster import table_digests
 
@@ -43,13 +41,7 @@ class KeyFault(Fault):
                 and (self.suffix is None or (key or "").endswith(self.suffix)))
 
 
-@pytest.fixture(autouse=True)
-def no_backoff(monkeypatch):
-    """The real read policy (attempt cap, what is transient) without the jittered sleeps."""
-    for name in ("oss_policy", "read_policy"):
-        real = getattr(retry, name)
-        monkeypatch.setattr(oss_backend, name,
-                            lambda *a, _real=real, **k: {**_real(*a, **k), "wait": tenacity.wait_none()})
+pytestmark = pytest.mark.usefixtures("oss_without_backoff")
 
 
 def counter(**criteria):

@@ -7,12 +7,10 @@ short resumes with a ranged GET from the last byte received."""
 import socket
 
 import pytest
-import tenacity
 
 from l2c_backup import retry
 from l2c_backup.errors import ConfigInvalid, StorageFailed
 from l2c_backup.storage import open_storage
-from l2c_backup.storage import oss as oss_storage
 from l2c_backup.storage.oss import OSSSettings
 from l2c_local.oss import Fault
 
@@ -23,13 +21,7 @@ NEW_KEY = "db-backups/daily/backup_2026-01-21.sql.gz"
 WRONG_SECRET = "wrong-secret-Zx9QvT3mKp"
 
 
-@pytest.fixture(autouse=True)
-def no_backoff(monkeypatch):
-    """The real policies (attempt caps, what is transient) without the jittered sleeps."""
-    for name in ("oss_policy", "read_policy"):
-        real = getattr(retry, name)
-        monkeypatch.setattr(oss_storage, name,
-                            lambda *a, _real=real, **k: {**_real(*a, **k), "wait": tenacity.wait_none()})
+pytestmark = pytest.mark.usefixtures("oss_without_backoff")
 
 
 def settings(server, endpoint=None, key_id=None, secret=None):

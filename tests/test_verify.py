@@ -5,13 +5,11 @@ import json
 import zlib
 
 import pytest
-import tenacity
 
 from l2c_backup import config, retry, verify as verify_mod
 from l2c_backup.backup import run_backup
 from l2c_backup.errors import BackupNotFound, StorageFailed
 from l2c_backup.storage import open_storage
-from l2c_backup.storage import oss as oss_backend
 from l2c_backup.verify import check_object, verify
 from l2c_local.oss import Fault
 
@@ -193,12 +191,8 @@ class KeyGet(Fault):
 
 
 @pytest.fixture
-def oss(oss_server, monkeypatch):
+def oss(oss_server, oss_without_backoff):
     """The OSS storage, with the real retry policies minus their sleeps."""
-    for name in ("oss_policy", "read_policy"):
-        real = getattr(retry, name)
-        monkeypatch.setattr(oss_backend, name,
-                            lambda *a, _real=real, **k: {**_real(*a, **k), "wait": tenacity.wait_none()})
     _, settings = config.storage_target({"OSS_ENDPOINT": oss_server.endpoint,
                                          "OSS_BACKUP_BUCKET": "l2c-backups",
                                          "OSS_ACCESS_KEY_ID": oss_server.access_key_id,

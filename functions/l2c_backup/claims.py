@@ -45,12 +45,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from . import names
+from .leftovers import FC_MAX_SECONDS  # FC's longest invocation: the budget when none is set
 from .storage import ObjectLocked
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".claim"
-FC_MAX_SECONDS = 86_400  # FC's longest invocation: the budget when none is set
 MARGIN_SECONDS = 15 * 60  # past the budget: the run's own clean-up, clocks that differ
 TRIES = 5  # looks at the claim before giving up on a slot that keeps changing hands
 
