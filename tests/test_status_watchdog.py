@@ -203,3 +203,29 @@ def test_watchdog_logs_and_alerts_a_storage_failure_once(primary, oss_server, al
     errors = [line["message"] for line in logged if line["level"] == "error"
               and "watchdog failed (StorageFailed" in line["message"]]
     assert len(errors) == 1 and "Wrong-Status-S3cret-x9" not in json.dumps(logged)
+
+
+# -- several databases: one database's fresh backup must not hide another's missing one --------
+def test_watchdog_reports_a_database_whose_backup_is_stale_while_another_is_fresh(
+        primary, alerts_sent, monkeypatch):
+    storage, _ = primary
+    monkeypatch.setenv("BACKUP_DATABASES", "app,crm")
+    put_backup(storage, "db-backups/daily/app/backup_2026-11-26.sql.gz", hours_ago=2)
+    put_backup(storage, "db-backups/daily/crm/backup_2026-11-25.sql.gz", hours_ago=30)
+    for db in ("app", "crm"):
+        put_backup(storage, f"db-backups/weekly/{db}/backup_2026-W48.sql.gz", hours_ago=2)
+
+    with pytest.raises(NotCompliant, match="daily backup of crm"):
+        watchdog_fn.handler(b"{}", fc_context(name="watchdog"))
+    assert [(a.details["kind"], a.details["database"]) for a in alerts_sent] == [("daily", "crm")]
+
+
+def test_watchdog_reports_a_configured_database_that_never_had_a_backup(primary, alerts_sent,
+                                                                        monkeypatch):
+    storage, _ = primary
+    monkeypatch.setenv("BACKUP_DATABASES", "app,crm")
+    for kind, stamp in (("daily", "2026-11-26"), ("weekly", "2026-W48")):
+        put_backup(storage, f"db-backups/{kind}/app/backup_{stamp}.sql.gz", hours_ago=2)
+    with pytest.raises(NotCompliant, match="no verified daily backup of crm at all"):
+        watchdog_fn.handler(b"{}", fc_context(name="watchdog"))
+    assert sorted(a.details["kind"] for a in alerts_sent) == ["daily", "weekly"]
