@@ -20,7 +20,7 @@ from . import __version__, alerts, claims, leftovers, manifest, names
 from .compress import gzip_members
 from .database import Snapshot, inspect, list_databases
 from .dump import PgDump, check_dump_compatible, find_pg_tool, globals_dump, pg_tool_version
-from .errors import BackupTimeout, DumpFailed, L2CError, StorageFailed, UploadFailed
+from .errors import BackupTimeout, DumpFailed, EventInvalid, L2CError, StorageFailed, UploadFailed
 from .logs import bound
 from .storage import open_storage
 
@@ -120,8 +120,11 @@ def after_success_steps(config):
     return [after_backup_hook(config.keep)] if config.prune_after_backup else []
 
 
+GLOBALS = "(globals)"  # `only` for the globals alone; the database label of their backup
+
+
 def run_backup(config, kind, request_id="", when=None, after_success=None, progress=None,
-               leftover_age=None):
+               leftover_age=None, only=None):
     """Backs up every configured database (and the globals when asked) as `kind`.
 
     Returns the summary dict. Raises the first L2CError after trying every database, so
@@ -130,24 +133,37 @@ def run_backup(config, kind, request_id="", when=None, after_success=None, progr
     logged, never fatal. Before its first write it removes what killed runs left under
     the prefix, once older than `leftover_age` seconds (default: leftovers.safe_age,
     past the end of any run).
+
+    `only`: one of the configured databases alone, into the folder it has in a run of
+    all of them (fanout.py runs one per database this way), or GLOBALS for the globals
+    alone. A name that is not configured is refused (EventInvalid).
     """
     after_success = after_success_steps(config) if after_success is None else after_success
     try:
-        return _run_backup(config, kind, request_id, when, after_success, progress, leftover_age)
+        return _run_backup(config, kind, request_id, when, after_success, progress, leftover_age,
+                           only)
     except L2CError as err:
         if not getattr(err, "alerted", False):  # failed before any database was tried
-            _alert_failure(err, "-", kind, config.target)
+            _alert_failure(err, only or "-", kind, config.target)
         raise
 
 
-def _run_backup(config, kind, request_id, when, after_success, progress, leftover_age):
+def _run_backup(config, kind, request_id, when, after_success, progress, leftover_age, only=None):
     when = when or names.now()
     started = time.monotonic()
     deadline = started + config.timeout_seconds if config.timeout_seconds else None
     pg_dump_path = find_pg_tool("pg_dump")
     storage = open_storage(config.target, config.oss)
-    databases = _databases(config)
+    databases = [] if only == GLOBALS else databases_to_back_up(config)
     multi = len(databases) > 1
+    if only and only != GLOBALS:
+        if only not in databases:
+            raise EventInvalid(f"database {only!r} is not one of the databases to back up "
+                               f"({', '.join(databases)})",
+                               "name one of BACKUP_DATABASES (with 'all': one the user may "
+                               "connect to), or leave database out")
+        databases = [only]
+    with_globals = config.with_globals if only is None else only == GLOBALS
     outcomes, failures = [], []
     age = leftovers.safe_age(config.timeout_seconds) if leftover_age is None else leftover_age
     tidied = []
@@ -168,7 +184,7 @@ def _run_backup(config, kind, request_id, when, after_success, progress, leftove
                     log.error("backup of %s failed: %s", dbname, err)
                     _alert_failure(err, dbname, kind, config.target)
                     failures.append(err)
-        if config.with_globals and not failures:
+        if with_globals and not failures:
             with bound(database="(globals)"):
                 try:
                     outcomes.append(backup_globals(config, storage, kind, when, request_id,
@@ -213,7 +229,9 @@ def _alert_success(outcome, kind):
     alerts.send(alerts.Alert("info", "backup done", f"{outcome.size:,} bytes", facts))
 
 
-def _databases(config):
+def databases_to_back_up(config):
+    """The databases a run of `config` backs up: the list, every one the user may connect
+    to for "all", else the URL's database."""
     if config.databases == ["all"]:
         found = list_databases(config.database)
         if not found:

@@ -26,6 +26,11 @@ ENV_SCHEMA = {
                              "description": "'all' or a comma-separated list of database names"},
         "BACKUP_GLOBALS": _FLAG,
         "BACKUP_NO_ROLE_PASSWORDS": _FLAG,
+        # Several databases (fanout.py): the FC API the backup function invokes itself
+        # with (s.yaml deploys fc2, template.yml fc3), and off FC how many at once.
+        "BACKUP_FANOUT_API": {"enum": ["fc2", "fc3"], "description": "fc2 or fc3"},
+        "BACKUP_CONCURRENCY": {"type": "string", "pattern": "^([1-9]|1[0-6])$", "x-cli-only": True,
+                               "description": "1 to 16 databases backed up at once"},
         "BACKUP_TARGET": {"type": "string", "minLength": 1, "x-cli-only": True,
                           "description": "oss://bucket/prefix or a directory path"},
         "OSS_ENDPOINT": {"type": "string", "pattern": "^https?://[^/]+/?$",
@@ -65,10 +70,12 @@ ENV_SCHEMA = {
                            "description": "daily, weekly or daily,weekly"},
         "WATCHDOG_GRACE_HOURS": {"type": "string", "pattern": r"^[0-9]{1,3}(\.[0-9]+)?$",
                                  "description": "hours, e.g. 2"},
-        # The cost estimate of `status` (CNY per GB-month, per GB copied across regions).
+        # The cost estimates of `status` (CNY per GB-month, per GB copied across regions;
+        # per vCPU-second, GB-second and invocation on FC).
         **{f"PRICE_{tier}": {"type": "string", "pattern": r"^[0-9]{1,6}(\.[0-9]+)?$",
                              "description": "a price in CNY such as 0.12", "x-cli-only": True}
-           for tier in ("STANDARD", "IA", "ARCHIVE", "CRR_TRAFFIC")},
+           for tier in ("STANDARD", "IA", "ARCHIVE", "CRR_TRAFFIC",
+                        "FC_VCPU_SECOND", "FC_GB_SECOND", "FC_INVOCATION")},  # fc_cost.py
         # Alert channels (channels.py checks their values and logs what is wrong).
         **{name: {"type": "string"} for name in (
             "ALERT_DINGTALK_WEBHOOK", "ALERT_DINGTALK_SECRET", "ALERT_WECOM_WEBHOOK",

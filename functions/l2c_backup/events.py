@@ -15,7 +15,18 @@ BACKUP_REQUEST_SCHEMA = {
     "type": "object",
     "required": ["kind"],
     "additionalProperties": False,
-    "properties": {"kind": {"enum": list(KINDS)}},
+    "properties": {
+        "kind": {"enum": list(KINDS)},
+        # One database of those configured (what fanout.py sends each invocation it
+        # starts; a person may send it too). Without it: every configured database.
+        "database": {"type": "string", "minLength": 1, "maxLength": 63,
+                     "pattern": "^[^/\\x00-\\x1f]+$"},
+        # The run this invocation belongs to, as the dispatcher named it (its folder
+        # under <prefix>runs/<kind>/), and the dispatcher's time, which names the slot.
+        "run": {"type": "string", "pattern": r"^[0-9A-Za-z][0-9A-Za-z_-]{0,79}$"},
+        "when": {"type": "string", "pattern": ISO_TIME},
+    },
+    "dependencies": {"run": ["database", "when"]},
 }
 
 TIMER_EVENT_SCHEMA = {

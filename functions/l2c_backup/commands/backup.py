@@ -3,7 +3,7 @@ import json
 import sys
 import time
 
-from .. import config
+from .. import config, fanout
 from ..backup import run_backup
 from ..names import KINDS
 
@@ -21,12 +21,18 @@ def add_parser(subparsers):
                    "(default: DATABASE_URL, then PG* variables)")
     p.add_argument("--to", metavar="TARGET", help="oss://BUCKET/PREFIX or a directory "
                    "(default: BACKUP_TARGET, then oss://$OSS_BACKUP_BUCKET/db-backups/)")
+    p.add_argument("--concurrency", type=int, metavar="N", choices=range(1, 17),
+                   help="with several databases (BACKUP_DATABASES): how many to back up at once, "
+                        "1 to 16 (default: BACKUP_CONCURRENCY, then 2; each one compresses on "
+                        "every core already)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(run=run)
 
 
 def run(args):
     cfg = config.load(database_url=args.database_url, target=args.to)
+    if fanout.wanted(cfg):
+        return _run_several(cfg, args)
     progress = _Progress() if sys.stderr.isatty() and not args.json else None
     summary = run_backup(cfg, args.kind, progress=progress)
     if progress:
@@ -34,13 +40,36 @@ def run(args):
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    for b in summary["backups"]:
+    _print_backups(summary["backups"])
+    return 0
+
+
+def _run_several(cfg, args):
+    """Every database at once, up to the concurrency; every outcome printed, then the
+    first failure (in database order) raised for its exit code: each was alerted once."""
+    concurrency = args.concurrency or config.setting(None, "BACKUP_CONCURRENCY",
+                                                     fanout.DEFAULT_CONCURRENCY, int)
+    summary, failures = fanout.run_local(cfg, args.kind, concurrency)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_backups(summary["backups"])
+        for f in summary["failed"]:
+            print(f"{f['database']}: FAILED ({f['error_type']}): {f['error']}")
+    if failures:
+        raise failures[0]
+    return 0
+
+
+def _print_backups(backups):
+    for b in backups:
         if b.get("skipped"):
             print(f"skipped: {b['skipped']}")
         else:
-            print(f"{b['location']}: {b['bytes']:,} bytes "
-                  f"({b['sql_bytes']:,} of SQL) in {b['seconds']:.1f}s, sha256 {b['sha256']}")
-    return 0
+            where = b.get("location") or b["key"]
+            sha = f", sha256 {b['sha256']}" if b.get("sha256") else ""
+            print(f"{where}: {b['bytes']:,} bytes ({b['sql_bytes']:,} of SQL) in "
+                  f"{b['seconds']:.1f}s{sha}")
 
 
 class _Progress:
