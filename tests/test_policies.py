@@ -87,6 +87,18 @@ def test_the_role_reaches_the_alert_destination_and_its_logstore():
     assert all(st["Effect"] == "Allow" for st in ram["Statement"])
 
 
+def test_the_backup_function_may_invoke_itself_and_no_other_function():
+    """One invocation per database (fanout.py): the role may invoke the backup function
+    of either deployment (s.yaml's FC 2.0 service, template.yml's FC 3.0 function) and the
+    alert destination, nothing else."""
+    ram = documents(SETTINGS)["ram"]
+    invokes = [r for st in ram["Statement"] if "fc:InvokeFunction" in st["Action"] for r in st["Resource"]]
+    assert sorted(invokes) == sorted([f"acs:fc:*:{ACCOUNT}:services/l2c-backup.*/functions/alert",
+                                      f"acs:fc:*:{ACCOUNT}:services/l2c-backup.*/functions/backup",
+                                      f"acs:fc:*:{ACCOUNT}:functions/l2c-backup-backup"])
+    assert not any("*" in r.rsplit("/", 1)[1] for r in invokes)
+
+
 def test_only_function_compute_may_assume_the_role():
     (statement,) = documents(SETTINGS)["trust"]["Statement"]
     assert statement == {"Effect": "Allow", "Action": "sts:AssumeRole",

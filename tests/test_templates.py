@@ -130,6 +130,14 @@ def test_declared_environment_equals_what_the_config_schema_accepts():
         assert all(set(v) == {"Ref"} and v["Ref"] in PARAMETERS for v in t_env.values())  # parameters
 
 
+def test_with_several_databases_the_backup_function_invokes_itself_through_its_own_api():
+    """fanout.py: template.yml's functions are FC 3.0 ones, s.yaml's FC 2.0 (the default)."""
+    assert PARAMETERS["BackupFanoutApi"]["Default"] == "fc3"
+    assert T_FUNCS["backup"]["EnvironmentVariables"]["BACKUP_FANOUT_API"] == {"Ref": "BackupFanoutApi"}
+    env_example = (ROOT / ".env.example").read_text()
+    assert "\nBACKUP_FANOUT_API=\n" in env_example  # empty: fc2, s.yaml's service
+
+
 def test_async_invocations_never_retry_a_backup_blindly_and_failures_reach_the_alert_function():
     assert set(T_ASYNC) == {"backup", "verify", "drill", "watchdog"}  # alert is the destination
     for name in T_ASYNC:

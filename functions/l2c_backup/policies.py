@@ -18,6 +18,8 @@ What the role needs is what the code calls (storage/oss.py, verify, prune, drill
   backup left, leftovers.py; it takes no prefix condition);
 - reads of the DR bucket under the same prefix (the DR drill);
 - fc:InvokeFunction on the `alert` function (the async failure destination);
+- fc:InvokeFunction on the `backup` function itself (one invocation per database,
+  fanout.py);
 - log:PostLogStoreLogs on the service's logstore;
 - vpc:DescribeVSwitchAttributes and vpc:DescribeVpcAttribute: FC checks them on the
   service role before it binds the service to a VPC;
@@ -113,6 +115,12 @@ def ram_policy(s):
         _listing(s, s.dr_bucket),
         {"Effect": "Allow", "Action": ["fc:InvokeFunction"],
          "Resource": [f"acs:fc:*:{s.account_id}:services/{SERVICE}.*/functions/alert"]},
+        # With several databases the backup function invokes itself once per database
+        # (fanout.py): its own function only, as s.yaml (FC 2.0) and template.yml (FC 3.0,
+        # <DeploymentName>-backup) name it.
+        {"Effect": "Allow", "Action": ["fc:InvokeFunction"],
+         "Resource": [f"acs:fc:*:{s.account_id}:services/{SERVICE}.*/functions/backup",
+                      f"acs:fc:*:{s.account_id}:functions/{SERVICE}-backup"]},
         {"Effect": "Allow", "Action": ["log:PostLogStoreLogs"],
          "Resource": [f"acs:log:*:{s.account_id}:project/{s.log_project}/logstore/{s.log_store}"]},
         # FC reads the VPC and vSwitch through the service role before binding them;
