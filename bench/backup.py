@@ -1,7 +1,7 @@
 """Backup throughput on a realistic database: l2c-backup against `pg_dump | gzip`.
 
-    python bench/backup.py                      # 1 GB and 4 GB databases (~20 minutes)
-    python bench/backup.py --sizes 0.2          # a quick smoke run
+    python bench/backup.py                      # 1 GB and 4 GB databases (~25 minutes)
+    python bench/backup.py --sizes 0.1          # a quick smoke run (~3 minutes)
     python bench/backup.py --sizes 1 --repeat 3 # best of three runs per variant
 
 For each size it builds a database of realistic text in a throwaway cluster
@@ -13,6 +13,16 @@ and makes compression look free), then measures, one after the other on the same
   (b) pg_dump | pigz -6 > file     parallel gzip from the shell (skipped without pigz)
   (c) l2c-backup to a directory    run_backup with BACKUP_TARGET=DIR
   (d) l2c-backup to local OSS      run_backup to `l2c-backup oss-server` in its own process
+  (e) l2c zlib -> local OSS        (d) with L2C_DEFLATE_ENGINE=zlib: the engine before issue 13
+
+Every row has its wall ratio to (0) and to (a) of the same size. A second table prices
+each row on FC (fc_cost.py) at the backup function's size in template.yml / s.yaml: CPU
+seconds per GB of SQL (what the processes used), vCPU-seconds and GB-seconds per GB of SQL
+(what FC bills: the configured size for the whole wall time, measured here on 2 cores
+shared with PostgreSQL and the OSS server), CNY per backup and per month of PLAN's
+schedule (daily + weekly), beside the OSS storage of a month at steady state (status.py's
+monthly_cost over the kept daily and weekly objects of that output size). GB = 2^30 bytes.
+Issue 13's targets are printed under the tables, each met or not met.
 
 Wall seconds, CPU seconds (user+sys of the process tree: the shell pipeline's processes,
 or the Python process running the backup plus its pg_dump), peak RSS (the largest
@@ -28,8 +38,9 @@ figure comes from this one run on this one machine; compare ratios.
 
 Everything started here (cluster, OSS server, subprocesses, files under the work
 directory) is stopped and removed at the end, also on Ctrl-C or SIGTERM.
-GZIP_LEVEL, GZIP_WORKERS, UPLOAD_CONCURRENCY and UPLOAD_MIN_PART_MB set in the
-environment reach the l2c runs (to try settings); the rest of their config is fixed here.
+GZIP_LEVEL, GZIP_WORKERS, UPLOAD_CONCURRENCY, UPLOAD_MIN_PART_MB and L2C_DEFLATE_ENGINE
+set in the environment reach the l2c runs (to try settings; (e) always runs zlib); the rest
+of their config is fixed here.
 """
 from __future__ import annotations
 
@@ -54,13 +65,19 @@ sys.path.insert(0, str(HERE))
 
 MB = 1e6
 GIB = 1 << 30
-PASS_THROUGH = ("GZIP_LEVEL", "GZIP_WORKERS", "UPLOAD_CONCURRENCY", "UPLOAD_MIN_PART_MB")
-TARGET_WALL_RATIO = 0.6  # (d) vs (a)
-TARGET_RSS_MB = 150
+PASS_THROUGH = ("GZIP_LEVEL", "GZIP_WORKERS", "UPLOAD_CONCURRENCY", "UPLOAD_MIN_PART_MB",
+                "L2C_DEFLATE_ENGINE")
+# Issue 13's targets for (d), l2c to the local OSS server:
+TARGET_VS_FLOOR = 1.3  # wall <= 1.3x (0) pg_dump > /dev/null
+TARGET_VS_GZIP = 0.4  # wall <= 0.4x (a) pg_dump | gzip -6
+TARGET_SIZE_SLACK = 0.02  # output within 2% of (a)'s
+TARGET_RSS_MB = 150  # peak RSS below, at every size (c and d)
+TARGET_CPU_VS_ZLIB = 0.5  # CPU seconds per GB of SQL at most half of (e)'s
 NOISY_CORES = 0.1  # a run during which others used more than this many CPUs is run again
 
 LABELS = {"0": "(0) pg_dump > /dev/null", "a": "(a) pg_dump | gzip -6", "b": "(b) pg_dump | pigz -6",
-          "c": "(c) l2c-backup -> dir", "d": "(d) l2c-backup -> local OSS"}
+          "c": "(c) l2c-backup -> dir", "d": "(d) l2c-backup -> local OSS",
+          "e": "(e) l2c zlib -> local OSS"}
 
 
 @dataclass
@@ -77,6 +94,8 @@ class Result:
     sql_bytes: int = 0
     oss_cpu: float = 0.0
     others_cpu: float = 0.0  # CPU anything else on the machine used meanwhile
+    engine: str = ""  # the deflate engine of an l2c run
+    took: float = 0.0  # seconds this row cost the bench: waits and reruns included
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -207,6 +226,8 @@ def run_l2c(children, label, env, workdir, size_gb):
     result.notes.append(f"python {inner['self_cpu']:.1f} + pg_dump {inner['children_cpu']:.1f} cpu s "
                         f"in run_backup ({inner['wall']:.1f} s)")
     result.sql_bytes = backup["sql_bytes"]
+    result.engine = inner["engine"]
+    result.notes.append(f"engine {result.engine}")
     return result
 
 
@@ -220,9 +241,13 @@ def run_variant():
     started = time.monotonic()
     summary = run_backup(cfg, "manual")
     wall = time.monotonic() - started
+    try:
+        from l2c_backup.deflate_engine import ENGINE as engine
+    except ImportError:  # the code before issue 13: zlib in compress.py
+        engine = "zlib (no deflate_engine module)"
     self1 = resource.getrusage(resource.RUSAGE_SELF)
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(json.dumps({"summary": summary, "wall": wall,
+    print(json.dumps({"summary": summary, "wall": wall, "engine": engine,
                       "self_cpu": cpu_of(self1) - cpu_of(self0),
                       "children_cpu": cpu_of(kids1) - cpu_of(kids0),
                       "self_peak_rss_kb": int(vm_hwm_mb() * 1024)}))
@@ -272,7 +297,7 @@ def measure_size(children, workdir, size_gb, database_url, pg_dump, postmaster_p
     results = []
 
     def timed(fn):
-        best, runs = None, 0
+        best, runs, began = None, 0, time.monotonic()
         # Other work on the machine slows a run down: a noisy run is run again (at most
         # `reruns` extra times), and the fastest run counts.
         while runs < repeat or (best.others_cpu > NOISY_CORES * best.wall and runs < repeat + reruns):
@@ -291,6 +316,7 @@ def measure_size(children, workdir, size_gb, database_url, pg_dump, postmaster_p
                 log(f"    run {runs}: {r.wall:.1f} s wall, others used {r.others_cpu:.1f} cpu s")
             if best is None or r.wall < best.wall:
                 best = r
+        best.took = time.monotonic() - began
         log(f"  {best.variant:<28} {best.wall:7.1f} s wall {best.cpu:7.1f} s cpu "
             f"{best.rss_mb:6.0f} MB RSS {best.output / MB:8.1f} MB out, others {best.others_cpu:.1f} "
             f"cpu s  ({'; '.join(best.notes)})")
@@ -331,51 +357,129 @@ def measure_size(children, workdir, size_gb, database_url, pg_dump, postmaster_p
             finally:
                 shutil.rmtree(target, ignore_errors=True)
         timed(once_c)
-    if "d" in variants:
-        def once_d():
+
+    def to_oss(key, extra):
+        def once():
             with OssServer(children, workdir / "oss-data", workdir / "oss-server.log") as oss:
                 oss_cpu0 = proc_cpu(oss.proc.pid, children=False)
-                r = run_l2c(children, LABELS["d"], l2c_env(database_url, Path(pg_dump).parent,
-                            oss.env()), workdir, size_gb)
+                r = run_l2c(children, LABELS[key], l2c_env(database_url, Path(pg_dump).parent,
+                            dict(oss.env(), **extra)), workdir, size_gb)
                 oss_cpu = proc_cpu(oss.proc.pid, children=False) - oss_cpu0
                 oss_rss = vm_hwm_mb(oss.proc.pid)
             r.oss_cpu = oss_cpu
             r.notes.append(f"OSS server {oss_cpu:.1f} cpu s, peak RSS {oss_rss:.0f} MB")
+            if extra.get("L2C_DEFLATE_ENGINE") == "zlib" and not r.engine.startswith("zlib"):
+                raise RuntimeError(f"{LABELS[key]}: L2C_DEFLATE_ENGINE=zlib ran {r.engine}: "
+                                   "this row would not measure the old engine")
             return r
-        timed(once_d)
+        timed(once)
+
+    if "d" in variants:
+        to_oss("d", {})
+    if "e" in variants:
+        to_oss("e", {"L2C_DEFLATE_ENGINE": "zlib"})
     return results
 
 
 # -- the report ---------------------------------------------------------------------------
 
+def sql_bytes_of(results):
+    """{size: bytes of SQL} from the l2c rows (the pipelines do not count it; every row
+    of a size dumps the same database)."""
+    found = {}
+    for r in results:
+        if r.sql_bytes:
+            found[r.size_gb] = max(found.get(r.size_gb, 0), r.sql_bytes)
+    return found
+
+
 def table(results):
-    lines = ["| variant | size | wall s | cpu s | peak RSS MB | output MB | ratio wall vs (a) "
+    lines = ["| variant | size | wall s | cpu s | peak RSS MB | output MB | wall vs (0) | wall vs (a) "
              "| server cpu s | others cpu s | notes |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    floor = {r.size_gb: r.wall for r in results if r.variant == LABELS["0"] and not r.skipped}
     base = {r.size_gb: r.wall for r in results if r.variant == LABELS["a"] and not r.skipped}
     for r in results:
         size = f"{r.size_gb:g} GB"
         if r.skipped:
-            lines.append(f"| {r.variant} | {size} | - | - | - | - | - | - | - | skipped: {r.skipped} |")
+            lines.append(f"| {r.variant} | {size} | - | - | - | - | - | - | - | - | skipped: {r.skipped} |")
             continue
-        ratio = f"{r.wall / base[r.size_gb]:.2f}" if r.size_gb in base else "-"
+        vs0 = f"{r.wall / floor[r.size_gb]:.2f}" if r.size_gb in floor else "-"
+        vsa = f"{r.wall / base[r.size_gb]:.2f}" if r.size_gb in base else "-"
         server = "-" if r.server_cpu is None else f"{r.server_cpu:.1f}"
         lines.append(f"| {r.variant} | {size} | {r.wall:.1f} | {r.cpu:.1f} | {r.rss_mb:.0f} | "
-                     f"{r.output / MB:.1f} | {ratio} | {server} | {r.others_cpu:.1f} | {'; '.join(r.notes)} |")
+                     f"{r.output / MB:.1f} | {vs0} | {vsa} | {server} | {r.others_cpu:.1f} | {'; '.join(r.notes)} |")
+    return "\n".join(lines)
+
+
+def oss_month(output_bytes, now=1e9):
+    """CNY a month on OSS for PLAN's retention of objects this size, at steady state:
+    status.monthly_cost (what `l2c-backup status` prints) over the kept daily and weekly
+    backups at their ages (30 daily, 12 weekly: some in IA after 30 days)."""
+    from l2c_backup.prune import DEFAULT_KEEP
+    from l2c_backup.status import BackupInfo, monthly_cost
+    kept = [BackupInfo(f"d{i}", "daily", "", str(i), output_bytes, "ok", now - i * 86400)
+            for i in range(DEFAULT_KEEP["daily"])]
+    kept += [BackupInfo(f"w{i}", "weekly", "", str(i), output_bytes, "ok", now - i * 7 * 86400)
+             for i in range(DEFAULT_KEEP["weekly"])]
+    return monthly_cost(kept, now)["total"]
+
+
+def fc_table(results, size, prices):
+    """What each row would cost as the backup function on FC (fc_cost.py)."""
+    from l2c_backup import fc_cost
+    sql = sql_bytes_of(results)
+    lines = [f"| variant | size | SQL GB | cpu s/GB | vCPU-s/GB | GB-s/GB | FC CNY/backup "
+             f"| FC CNY/month | OSS CNY/month |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if r.skipped:
+            continue
+        run = fc_cost.run_cost(r.wall, size, prices)
+        month = fc_cost.monthly(r.wall, size, prices)["total"]
+        gb = sql.get(r.size_gb, 0) / GIB
+        per = (lambda v: f"{v / gb:.1f}") if gb else (lambda v: "-")
+        oss = f"{oss_month(r.output):.2f}" if r.output else "-"
+        lines.append(f"| {r.variant} | {r.size_gb:g} GB | {gb:.2f} | {per(r.cpu)} | {per(run.vcpu_seconds)} "
+                     f"| {per(run.gb_seconds)} | {run.cny:.4f} | {month:.2f} | {oss} |")
+    runs = sum(fc_cost.RUNS_PER_MONTH.values())
+    lines.append(f"\nFC at {size.memory_mb} MB and {size.vcpu:g} vCPU (the backup function), CNY "
+                 f"{prices['vcpu_second']:g}/vCPU-s, {prices['gb_second']:g}/GB-s, "
+                 f"{prices['invocation']:g}/invocation; a month = {runs:.1f} backups "
+                 f"(daily + weekly), each the row's wall time. OSS: status.py's monthly_cost "
+                 "over 30 daily and 12 weekly objects of the row's output size (steady state).")
     return "\n".join(lines)
 
 
 def verdicts(results):
     out = []
     by = {(r.size_gb, r.variant): r for r in results if not r.skipped}
+    sql = sql_bytes_of(results)
+
+    def verdict(ok):
+        return "met" if ok else "NOT met"
+
     rss = []
     for size in sorted({r.size_gb for r in results}):
-        a, d = by.get((size, LABELS["a"])), by.get((size, LABELS["d"]))
-        if a and d:
-            ratio = d.wall / a.wall
-            ok = "met" if ratio <= TARGET_WALL_RATIO else \
-                f"MISSED by {ratio - TARGET_WALL_RATIO:.2f} ({d.wall - TARGET_WALL_RATIO * a.wall:.1f} s)"
-            out.append(f"- {size:g} GB: (d)/(a) wall = {ratio:.2f} (target <= {TARGET_WALL_RATIO}): {ok}")
+        floor, gz, d, e = (by.get((size, LABELS[k])) for k in "0ade")
+        if d and floor:
+            ratio = d.wall / floor.wall
+            out.append(f"- {size:g} GB: (d) wall {ratio:.2f}x (0) pg_dump > /dev/null "
+                       f"(target <= {TARGET_VS_FLOOR}): {verdict(ratio <= TARGET_VS_FLOOR)}")
+        if d and gz:
+            ratio = d.wall / gz.wall
+            out.append(f"- {size:g} GB: (d) wall {ratio:.2f}x (a) gzip -6 "
+                       f"(target <= {TARGET_VS_GZIP}): {verdict(ratio <= TARGET_VS_GZIP)}")
+            bigger = d.output / gz.output - 1
+            out.append(f"- {size:g} GB: (d) output {d.output / MB:.1f} MB, {bigger:+.1%} vs (a)'s "
+                       f"{gz.output / MB:.1f} MB (target within {TARGET_SIZE_SLACK:.0%}): "
+                       f"{verdict(bigger <= TARGET_SIZE_SLACK)}")
+        if d and e:
+            gb = sql.get(size, 0) / GIB
+            ratio = d.cpu / e.cpu
+            out.append(f"- {size:g} GB: (d) CPU {d.cpu / gb:.1f} s/GB of SQL = {ratio:.2f}x (e) zlib's "
+                       f"{e.cpu / gb:.1f} s/GB (target <= {TARGET_CPU_VS_ZLIB}): "
+                       f"{verdict(ratio <= TARGET_CPU_VS_ZLIB)}")
         for key in "cd":
             r = by.get((size, LABELS[key]))
             if r:
@@ -383,7 +487,7 @@ def verdicts(results):
     if rss:
         worst = max(m for _, _, m in rss)
         out.append("- l2c peak RSS: " + ", ".join(f"({k}) {s:g} GB {m:.0f} MB" for s, k, m in rss)
-                   + f"; target < {TARGET_RSS_MB} MB: {'met' if worst < TARGET_RSS_MB else 'MISSED'}")
+                   + f" (target < {TARGET_RSS_MB} MB): {verdict(worst < TARGET_RSS_MB)}")
         for key in "cd":
             per_size = [m for s, k, m in rss if k == key]
             if len(per_size) > 1:
@@ -399,7 +503,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,4", help="database sizes in GiB, comma-separated "
                         "(default 1,4; 0.2 for a quick smoke run)")
-    parser.add_argument("--variants", default="0abcd", help="which rows to run (default 0abcd)")
+    parser.add_argument("--variants", default="0abcde", help="which rows to run (default 0abcde)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per variant; the fastest "
                         "counts (default 1)")
     parser.add_argument("--workdir", help="where the work directory goes (default: the temp dir)")
@@ -427,9 +531,14 @@ def main(argv=None):
     def log(msg):
         print(msg, flush=True)
 
+    from l2c_backup import fc_cost
+    fc_prices = fc_cost.prices(os.environ)  # PRICE_FC_*: a bad one stops here, not at the end
+    fc_sizes = fc_cost.sizes_in_templates(REPO)
+    fc_size = fc_sizes.get("template.yml") or fc_sizes.get("s.yaml") or fc_cost.BACKUP
     workdir = Path(tempfile.mkdtemp(prefix="l2c-bench-", dir=args.workdir))
     children = Children()
-    results, cluster = [], None
+    results, cluster, took = [], None, []
+    began = time.monotonic()
     try:
         passthrough = {k: os.environ[k] for k in PASS_THROUGH if k in os.environ}
         rev = snapshot_code(workdir)
@@ -454,8 +563,10 @@ def main(argv=None):
                 dbname = "realistic_" + f"{size:g}".replace(".", "_")
                 cluster.create_database(dbname)
                 log(f"\n== {size:g} GB: building {dbname}")
+                built = time.monotonic()
                 report = build(Psql(cluster.bin("psql"), cluster.env(), dbname), int(size * GIB),
                                workers=os.cpu_count() or 2, log=log)
+                took.append((f"{size:g} GB build", time.monotonic() - built))
                 for line in report_lines(report):
                     log("  " + line)
                 log(f"== {size:g} GB: measuring")
@@ -466,8 +577,15 @@ def main(argv=None):
                 if any(sql):
                     log(f"  SQL dump: {max(sql) / MB:,.0f} MB; database {report['size_bytes'] / MB:,.0f} MB")
                 cluster.psql(f'DROP DATABASE "{dbname}"')
+        took += [(f"{r.size_gb:g} GB {r.variant.split()[0]}", r.took) for r in results if not r.skipped]
         log("\n" + table(results))
-        log("\n" + verdicts(results))
+        log("\n" + fc_table(results, fc_size, fc_prices))
+        if len(set(fc_sizes.values())) > 1:
+            log(f"(the templates disagree on the backup function's size: {fc_sizes}; priced at {fc_size})")
+        log("\nTargets (issue 13):\n" + verdicts(results))
+        log(f"\ntime taken: {time.monotonic() - began:.0f} s in all; "
+            + ", ".join(f"{part} {seconds:.0f} s" for part, seconds in took)
+            + " (waits for a quiet machine and reruns included)")
         return 0
     except KeyboardInterrupt:
         log("\ninterrupted: stopping what this bench started")

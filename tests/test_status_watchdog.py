@@ -151,6 +151,26 @@ def test_status_honours_watchdog_grace_hours(primary):
         "old, over the RPO of 24 h"]
 
 
+def test_status_prices_the_scheduled_backups_on_fc_at_their_recorded_durations(primary):
+    storage, env = primary
+    for key, hours_ago, seconds in (("db-backups/daily/backup_2026-11-26.sql.gz", 5, 100),
+                                    ("db-backups/weekly/backup_2026-W48.sql.gz", 50, 300)):
+        put_backup(storage, key, hours_ago)
+        finished = datetime.fromtimestamp(time.time() - hours_ago * HOUR, timezone.utc).isoformat()
+        storage.put_bytes(key + ".manifest.json", json.dumps(
+            {"finished_at": finished, "duration_seconds": seconds}).encode())
+    fc = json.loads(run_status(env).stdout)["monthly_fc_cost_cny"]
+    # 2048 MB, 2 vCPU: 100 s = 200 vCPU-s x 0.00011 + 200 GB-s x 0.0000165 + 0.000000825 CNY,
+    # 30.4375 daily runs a month; 300 s = 0.075900825 CNY, 4.348 weekly runs
+    assert (fc["daily"], fc["weekly"], fc["total"]) == (0.7701, 0.33, 1.1001)
+    cheaper = json.loads(run_status(dict(env, PRICE_FC_VCPU_SECOND="0")).stdout)["monthly_fc_cost_cny"]
+    assert cheaper["total"] == pytest.approx(30.4375 * 0.003300825 + 30.4375 / 7 * 0.009900825, abs=1e-4)
+    text = subprocess.run([sys.executable, "-m", "l2c_backup.cli", "status"], capture_output=True,
+                          text=True, env=resolve.child_env(dict(env, PATH="/usr/bin:/bin"))).stdout
+    assert "estimated FC cost of the scheduled backups: CNY 1.10/month (daily 0.77, weekly 0.33; " \
+           "2048 MB, 2 vCPU" in text
+
+
 def closed_port():
     from l2c_local.pgcluster import free_port
     return free_port()

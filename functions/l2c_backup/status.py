@@ -1,6 +1,7 @@
 """Where the backups stand: per kind the newest one and its age against the RPO, and the
 3-2-1 view (copies in the primary bucket, the DR bucket and the local mirror; media;
-off-site), plus a monthly OSS cost estimate from the real sizes.
+off-site), plus a monthly OSS cost estimate from the real sizes and one of FC's fees for
+PLAN's schedule from the durations the manifests recorded (fc_cost.py).
 
 The watchdog uses the same survey: a timer that never fired, or a function that never
 started, shows up here as a newest verified backup older than the RPO.
@@ -10,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import alerts, archive, names
+from . import alerts, archive, fc_cost, names
 from .prune import parse, sidecar_owner
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class BackupInfo:
     verdict: str  # ok / failed / "" (not verified yet)
     finished_at: float  # from the manifest; the object's LastModified when it has none
     archive: str = ""  # e.g. "Archive, not restored": OSS must restore it before it is read
+    duration: float | None = None  # the manifest's duration_seconds (FC cost estimate)
 
 
 @dataclass
@@ -57,12 +59,13 @@ def survey(storage):
         b = parse(storage.prefix, key)
         if b is None:
             continue
-        finished = obj.last_modified
+        finished, duration = obj.last_modified, None
         if names.manifest_key(key) in objects:
             try:
                 if names.manifest_key(key) not in frozen:  # else LastModified must do
                     doc = json.loads(b"".join(storage.open(names.manifest_key(key))))
                     finished = datetime.fromisoformat(doc["finished_at"]).timestamp()
+                    duration = doc.get("duration_seconds")
             except (ValueError, KeyError, FileNotFoundError):
                 pass
         else:
@@ -73,7 +76,7 @@ def survey(storage):
             verdict = ""
         cold = frozen.get(key) or frozen.get(names.manifest_key(key))
         found.append(BackupInfo(key, b.kind, b.group, b.stamp, obj.size, verdict, finished,
-                                cold.describe() if cold else ""))
+                                cold.describe() if cold else "", duration))
     return found
 
 
@@ -133,7 +136,8 @@ def monthly_cost(backups, now, prices=PRICES, replicated=False):
     return {k: round(v, 4) for k, v in cost.items()}
 
 
-def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices=PRICES):
+def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices=PRICES,
+           fc_prices=fc_cost.PRICES):
     """The status report: per kind on the primary, and 3-2-1 for the newest backups."""
     now = now if now is not None else datetime.now(timezone.utc).timestamp()
     primary = locations[0]
@@ -174,6 +178,7 @@ def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices
         "monthly_cost_cny": monthly_cost(
             primary.backups, now, prices,
             replicated=any(loc.name == "dr" and loc.backups for loc in locations)),
+        "monthly_fc_cost_cny": fc_cost.monthly_from_backups(primary.backups, now, prices=fc_prices),
     }
 
 

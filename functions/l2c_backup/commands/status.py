@@ -2,7 +2,7 @@
 import json
 import time
 
-from .. import config, names
+from .. import config, fc_cost, names
 from ..errors import L2CError, NotCompliant
 from ..status import Location, report, survey
 from ..storage import open_storage
@@ -49,9 +49,11 @@ def locations(environ, source, mirror):
 def run(args):
     environ = config.environment()  # an empty variable is an unset one (README)
     prices, grace = config.prices(environ), config.grace_seconds(environ)  # before any OSS call
+    fc_prices = fc_cost.prices(environ)
     locs = locations(environ, args.source, args.mirror or environ.get("MIRROR_DIR"))
     keep = config.keep_counts(environ, locs[0].url)
-    result = report(locs, names.KINDS, keep, time.time(), grace=grace, prices=prices)
+    result = report(locs, names.KINDS, keep, time.time(), grace=grace, prices=prices,
+                    fc_prices=fc_prices)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -86,4 +88,8 @@ def print_report(r):
     cost = r["monthly_cost_cny"]
     print(f"estimated OSS cost: CNY {cost['total']:.2f}/month (standard {cost['standard']:.2f}, "
           f"IA {cost['ia']:.2f}, archive {cost['archive']:.2f}, replication {cost['crr_traffic']:.2f})")
+    fc = r["monthly_fc_cost_cny"]
+    print(f"estimated FC cost of the scheduled backups: CNY {fc['total']:.2f}/month (daily {fc['daily']:.2f}, "
+          f"weekly {fc['weekly']:.2f}; {fc['memory_mb']} MB, {fc['vcpu']:g} vCPU, at the durations "
+          "in the manifests)")
     print(f"compliant: {'yes' if r['compliant'] else 'NO'}")
