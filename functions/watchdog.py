@@ -1,8 +1,9 @@
 """FC handler of the `watchdog` function (hourly timer).
 
 Alerts urgently when the newest verified backup of a kind is older than the RPO plus a
-grace period: it catches the timer that never fired and the function that never started,
-failures nobody else reports. Backups it cannot read (wrong credentials, a dead endpoint)
+grace period, for each database (BACKUP_DATABASES; with `all`, those of the newest run),
+and for each database a run started that reported no outcome in time: it catches the
+timer that never fired and the function that never started, failures nobody else reports. Backups it cannot read (wrong credentials, a dead endpoint)
 are alerted urgently too: then nobody can tell whether a backup exists. It also checks
 that the alert channels and the DR endpoint can be reached (l2c_backup.egress): a service
 without a route out warns in its log and through whichever channels still get through,
@@ -33,7 +34,9 @@ def handler(event, context):
                                     "e.g. WATCHDOG_KINDS=daily,weekly (manual has no schedule)")
             grace = config.grace_seconds(config.environment())
             try:
-                problems = watchdog(open_storage(target, oss), kinds, grace=grace)
+                configured = config.environment().get("BACKUP_DATABASES", "").split(",")
+                problems = watchdog(open_storage(target, oss), kinds, grace=grace,
+                                    configured=configured)
             except StorageFailed as err:
                 # Elsewhere a warning; here it means nobody can tell whether backups exist.
                 err.severity = "urgent"

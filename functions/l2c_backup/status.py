@@ -80,40 +80,96 @@ def survey(storage):
     return found
 
 
-def newest(backups, kind, verified=False):
+def newest(backups, kind, verified=False, group=None):
+    """The newest backup of `kind` (of one database folder when `group` is given)."""
     pool = [b for b in backups if b.kind == kind and b.group != "globals"
-            and (b.verdict == "ok" or not verified)]
+            and (group is None or b.group == group) and (b.verdict == "ok" or not verified)]
     return max(pool, key=lambda b: (b.stamp, b.finished_at), default=None)
 
 
-def check_rpo(backups, kinds, now, grace=DEFAULT_GRACE_SECONDS):
-    """[(kind, problem)] for kinds whose newest verified backup is older than RPO + grace."""
-    problems = []
+def expected_databases(backups, kind, configured=None, run=None):
+    """The database folders whose `kind` backups the RPO applies to ("" is the one
+    database of a single-database setup, backed up without a folder): the configured
+    list when it names several; with one database (BACKUP_DATABASES unset or one name)
+    and its backups there, that one; with `all` (or nothing known), the databases of
+    the newest run (fanout.newest_run), else every folder seen. So one database's fresh
+    backup never hides another's missing one."""
+    configured = [d for d in (configured or []) if d]
+    groups = {b.group for b in backups if b.kind == kind and b.group != "globals"}
+    if len(configured) > 1:
+        return configured
+    if configured != ["all"] and "" in groups:
+        return [""]
+    if run and run.get("databases"):
+        return list(run["databases"]) if len(run["databases"]) > 1 else [""]
+    return sorted(groups - {""}) or [""]
+
+
+def _of(database):
+    return f" of {database}" if database else ""
+
+
+def rpo_findings(backups, kinds, now, grace=DEFAULT_GRACE_SECONDS, configured=None, runs=None):
+    """[{kind, database, problem}]: per expected database, a newest verified backup older
+    than RPO + grace or none at all; and per newest run, a database started but without
+    an outcome although it was due (an invocation lost or killed)."""
+    from .fanout import missing_outcomes
+    runs = runs or {}
+    found = []
     for kind in kinds:
         rpo = RPO_SECONDS[kind]
         if rpo is None:
             continue
-        latest = newest(backups, kind, verified=True)
-        if latest is None:
-            problems.append((kind, f"no verified {kind} backup at all"))
-        elif now - latest.finished_at > rpo + grace:
-            age_h = (now - latest.finished_at) / HOUR
-            problems.append((kind, f"the newest verified {kind} backup ({latest.key}) is "
-                                   f"{age_h:.1f} h old, over the RPO of {rpo / HOUR:.0f} h"))
-    return problems
+        for database in expected_databases(backups, kind, configured, runs.get(kind)):
+            latest = newest(backups, kind, verified=True, group=database)
+            if latest is None:
+                problem = f"no verified {kind} backup{_of(database)} at all"
+            elif now - latest.finished_at > rpo + grace:
+                age_h = (now - latest.finished_at) / HOUR
+                problem = (f"the newest verified {kind} backup{_of(database)} ({latest.key}) is "
+                           f"{age_h:.1f} h old, over the RPO of {rpo / HOUR:.0f} h")
+            else:
+                continue
+            found.append({"kind": kind, "database": database, "problem": problem})
+        run = runs.get(kind)
+        for database in missing_outcomes(run, now):
+            request = (run.get("invocations") or {}).get(database)
+            found.append({"kind": kind, "database": database, "problem": (
+                f"the {kind} backup of {database} was started at {run.get('dispatched_at')} "
+                f"(run {run.get('run')}) and reported no outcome by {run.get('outcomes_due')}: "
+                "its invocation was lost or killed; see the backup function's log"
+                + (f" for request {request}" if request else ""))})
+    return found
 
 
-def watchdog(storage, kinds=("daily", "weekly"), now=None, grace=DEFAULT_GRACE_SECONDS):
-    """One urgent alert per kind that missed its RPO; returns the problems."""
+def check_rpo(backups, kinds, now, grace=DEFAULT_GRACE_SECONDS, configured=None, runs=None):
+    """[(kind, problem)] for every database whose newest verified backup of a kind is
+    older than RPO + grace (see rpo_findings)."""
+    return [(f["kind"], f["problem"])
+            for f in rpo_findings(backups, kinds, now, grace, configured, runs)]
+
+
+def newest_runs(storage, kinds):
+    """{kind: the newest run record of several databases} (fanout.newest_run)."""
+    from .fanout import newest_run
+    return {kind: run for kind in kinds if (run := newest_run(storage, kind))}
+
+
+def watchdog(storage, kinds=("daily", "weekly"), now=None, grace=DEFAULT_GRACE_SECONDS,
+             configured=None):
+    """One urgent alert per database and kind that missed its RPO (and per database a
+    run started that never reported); returns the problems as (kind, problem)."""
     now = now if now is not None else datetime.now(timezone.utc).timestamp()
-    problems = check_rpo(survey(storage), kinds, now, grace)
-    for kind, problem in problems:
-        log.error("watchdog: %s", problem)
-        alerts.send(alerts.Alert("urgent", "backup missing", problem,
-                                 {"kind": kind, "target": storage.url}))
-    if not problems:
-        log.info("watchdog: every kind has a verified backup within its RPO")
-    return problems
+    findings = rpo_findings(survey(storage), kinds, now, grace, configured,
+                            newest_runs(storage, kinds))
+    for f in findings:
+        log.error("watchdog: %s", f["problem"])
+        alerts.send(alerts.Alert("urgent", "backup missing", f["problem"],
+                                 {"kind": f["kind"], "database": f["database"] or "-",
+                                  "target": storage.url}))
+    if not findings:
+        log.info("watchdog: every database has a verified backup of every kind within its RPO")
+    return [(f["kind"], f["problem"]) for f in findings]
 
 
 def storage_class(age_days):
@@ -137,10 +193,13 @@ def monthly_cost(backups, now, prices=PRICES, replicated=False):
 
 
 def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices=PRICES,
-           fc_prices=fc_cost.PRICES):
-    """The status report: per kind on the primary, and 3-2-1 for the newest backups."""
+           fc_prices=fc_cost.PRICES, configured=None, runs=None):
+    """The status report: per kind on the primary (and per database, with several:
+    `configured` is BACKUP_DATABASES as a list, `runs` newest_runs()), and 3-2-1 for
+    the newest backups."""
     now = now if now is not None else datetime.now(timezone.utc).timestamp()
     primary = locations[0]
+    runs = runs or {}
     per_kind = {}
     for kind in kinds:
         mine = [b for b in primary.backups if b.kind == kind and b.group != "globals"]
@@ -152,7 +211,11 @@ def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices
             "age_hours": round((now - latest.finished_at) / HOUR, 2) if latest else None,
             "rpo_hours": RPO_SECONDS[kind] / HOUR if RPO_SECONDS[kind] else None,
         }
-    rpo_problems = check_rpo(primary.backups, kinds, now, grace)
+        expected = expected_databases(primary.backups, kind, configured, runs.get(kind))
+        if expected != [""]:
+            per_kind[kind]["databases"] = _per_database(primary.backups, kind, expected,
+                                                        runs.get(kind), now)
+    rpo_problems = check_rpo(primary.backups, kinds, now, grace, configured, runs)
     copies = []
     for kind in kinds:
         latest = newest(primary.backups, kind)
@@ -180,6 +243,26 @@ def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices
             replicated=any(loc.name == "dr" and loc.backups for loc in locations)),
         "monthly_fc_cost_cny": fc_cost.monthly_from_backups(primary.backups, now, prices=fc_prices),
     }
+
+
+def _per_database(backups, kind, expected, run, now):
+    """{database: its newest backup, verdict, age and the newest run's outcome}."""
+    outcomes = (run or {}).get("outcomes", {})
+    found = {}
+    for database in expected:
+        latest = newest(backups, kind, group=database)
+        outcome = outcomes.get(database)
+        found[database or "(the database)"] = {
+            "count": sum(1 for b in backups if b.kind == kind and b.group == database),
+            "newest": latest.key if latest else None,
+            "newest_verdict": (latest.verdict or "unverified") if latest else None,
+            "age_hours": round((now - latest.finished_at) / HOUR, 2) if latest else None,
+            "last_run": None if not run else {
+                "run": run.get("run"),
+                "outcome": ("ok" if outcome["ok"] else "failed") if outcome else "no outcome yet",
+                **({"error": outcome["error"]} if outcome and not outcome["ok"] else {})},
+        }
+    return found
 
 
 def names_prefix(key):
