@@ -4,8 +4,9 @@ Alerts urgently when the newest verified backup of a kind is older than the RPO 
 grace period, for each database (BACKUP_DATABASES; with `all`, those of the newest run),
 and for each database a run started that reported no outcome in time: it catches the
 timer that never fired and the function that never started, failures nobody else
-reports. Backups it cannot read (wrong credentials, a dead endpoint) are alerted urgently too: then nobody can tell whether a backup exists. It also checks
-that the alert channels and the DR endpoint can be reached (l2c_backup.egress): a service
+reports. Backups it cannot read (wrong credentials, a dead endpoint) are alerted
+urgently too: then nobody can tell whether a backup exists. It also checks that the
+alert channels and the DR endpoint can be reached (l2c_backup.egress): a service
 without a route out warns in its log and through whichever channels still get through,
 and reports it in its summary.
 """
