@@ -4,12 +4,13 @@ import gzip
 import json
 import subprocess
 import sys
+import threading
 from datetime import datetime, timezone
 
 import oss2
 import pytest
 
-from l2c_backup import config
+from l2c_backup import config, reading
 from l2c_backup.backup import run_backup
 from l2c_backup.database import DatabaseSettings
 from l2c_backup.errors import BackupCorrupt, BackupNotFound, RestoreFailed, RestoreRefused
@@ -103,12 +104,28 @@ def test_a_damaged_backup_fails_and_leaves_the_target_as_it_was(pg_cluster, oss_
     pg_cluster.create_database(db)
     with pytest.raises(BackupCorrupt, match=damage):
         restore(storage, key, settings_for(pg_cluster, db))
+    assert [t for t in threading.enumerate() if t.name.startswith("l2c-")] == []
     assert pg_cluster.psql("SELECT count(*) FROM pg_class WHERE relkind = 'r' AND "
                            "relnamespace::regnamespace::text NOT IN ('pg_catalog', 'information_schema')",
                            db).strip() == "0"
     with pytest.raises(BackupCorrupt):
         restore(storage, key, settings_for(pg_cluster, "postgres"), create_db=db + "_new")
     assert pg_cluster.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{db}_new'").strip() == "0"
+
+
+def test_restore_inflates_whole_members_when_the_manifest_lists_them(pg_cluster, seeded_db,
+                                                                     oss_backup, monkeypatch):
+    storage, key = oss_backup
+    sizes = json.loads(b"".join(storage.open(key + ".manifest.json")))["compression"]["member_sizes"]
+    inflated, real = [], reading.inflate
+    monkeypatch.setattr(reading, "inflate", lambda member, number, cap: (
+        inflated.append((number, len(member))), real(member, number, cap))[1])
+
+    restore(storage, key, settings_for(pg_cluster, "postgres"), create_db="rs_whole_members")
+
+    assert sorted(inflated) == list(enumerate(sizes, 1)) and len(sizes) > 1
+    assert table_digests(pg_cluster, "rs_whole_members") == table_digests(pg_cluster, seeded_db)
+    assert [t for t in threading.enumerate() if t.name.startswith("l2c-")] == []
 
 
 def test_a_failing_statement_rolls_the_whole_restore_back(pg_cluster, oss_backup):

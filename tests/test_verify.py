@@ -247,3 +247,119 @@ def test_drops_that_outlast_the_retries_are_one_storage_failed_line_and_no_verdi
     # a read that failed is no verdict: nothing recorded, no "verify failed" alert
     assert oss.get_tags(key) == {} and oss.head(key + ".verify.json") is None
     assert alerts_sent == []
+
+
+# -- whole members through the fast engine (reading.py) -----------------------------------
+
+def member_sizes_of(data):
+    """The compressed size of each gzip member of `data`, found by zlib itself."""
+    sizes, rest = [], data
+    while rest:
+        inflater = zlib.decompressobj(31)
+        inflater.decompress(rest)
+        sizes.append(len(rest) - len(inflater.unused_data))
+        rest = inflater.unused_data
+    return sizes
+
+
+def with_members(doc, data, sizes=None):
+    doc = json.loads(json.dumps(doc))
+    doc["compression"]["member_sizes"] = member_sizes_of(data) if sizes is None else sizes
+    return doc
+
+
+def l2c_threads():
+    import threading
+    return [t for t in threading.enumerate() if t.name.startswith("l2c-")]
+
+
+def test_a_manifest_that_lists_its_members_is_read_by_whole_members_with_the_same_verdict(
+        storage, good_backup):
+    key, data, doc = good_backup
+    store(storage, key, data, with_members(doc, data))
+
+    whole = check_object(storage, key, 1)
+    stream = check_object(storage, key, 1, whole_members=False)
+
+    assert whole.reason == stream.reason == "ok", whole.detail
+    assert whole.extra["inflate"].startswith("whole members") and stream.extra["inflate"] == "zlib stream"
+    assert (whole.members, whole.sql_bytes, whole.sha256, whole.crc64) == \
+        (stream.members, stream.sql_bytes, stream.sha256, stream.crc64)
+    assert whole.members == doc["compression"]["members"] and l2c_threads() == []
+
+
+@pytest.mark.parametrize("damage, reason", [("flipped byte", "gzip-corrupt"),
+                                            ("second member's magic", "trailing-garbage")])
+def test_damage_read_by_whole_members_gets_the_streams_reason(storage, good_backup, damage, reason):
+    key, data, doc = good_backup
+    sizes = member_sizes_of(data)
+    bad = bytearray(data)
+    bad[len(data) // 2 if damage == "flipped byte" else sizes[0]] ^= 0x55
+    store(storage, key, bytes(bad), with_members(with_size(doc, bytes(bad)), data))
+
+    verdict = check_object(storage, key, 1)
+
+    assert verdict.extra["inflate"].startswith("whole members")
+    assert verdict.reason == reason == check_object(storage, key, 1, whole_members=False).reason
+
+
+def test_member_sizes_that_do_not_fit_the_object_leave_the_verdict_to_the_stream(storage, good_backup):
+    key, data, doc = good_backup
+    cut = data[:len(data) * 2 // 3]
+    store(storage, key, cut, with_members(with_size(doc, cut), data))  # the old list
+
+    verdict = check_object(storage, key, 1)
+
+    assert verdict.extra["inflate"] == "zlib stream" and verdict.reason == "truncated"
+
+
+def test_an_intact_object_whose_manifest_lists_members_that_do_not_add_up_is_manifest_invalid(
+        storage, good_backup):
+    key, data, doc = good_backup
+    store(storage, key, data, with_members(doc, data, member_sizes_of(data) + [100]))
+
+    verdict = check_object(storage, key, 1)
+
+    assert verdict.reason == "manifest-invalid" and "member_sizes" in verdict.detail
+    assert verdict.extra["inflate"] == "zlib stream"
+
+
+def test_a_member_larger_than_the_manifests_block_size_allows_is_refused(storage, good_backup):
+    key, data, doc = good_backup
+    small = with_members(doc, data)
+    small["compression"]["block_size"] = 64 * 1024  # members hold 4 MiB: over twice that
+
+    store(storage, key, data, small)
+    verdict = check_object(storage, key, 1)
+
+    assert verdict.reason == "member-too-large" and verdict.reason in verify_mod.REASONS
+    assert l2c_threads() == []
+
+
+def test_the_manifest_is_waited_for_before_reading_and_its_members_used(storage, good_backup):
+    import threading
+    key, data, doc = good_backup
+    store(storage, key, data, doc, manifest=False)
+    late = threading.Timer(1.5, store_manifest, (storage, key, with_members(doc, data)))
+    late.start()
+    try:
+        verdict = check_object(storage, key, 10)
+    finally:
+        late.join()
+    assert verdict.reason == "ok" and verdict.extra["inflate"].startswith("whole members")
+
+
+def store_manifest(storage, key, doc):
+    storage.put_bytes(key + ".manifest.json", json.dumps(doc).encode())
+
+
+def test_a_read_that_fails_midway_leaves_no_thread_behind(oss, oss_server, good_backup):
+    key, data, doc = good_backup
+    store(oss, key, data, with_members(doc, data))
+    oss_server.inject(KeyGet(key, drop_response_after=len(data) // 2))
+    oss_server.inject(KeyGet(key, drop_response_after=0, times=None))
+
+    with pytest.raises(StorageFailed):
+        check_object(oss, key, 1)
+
+    assert l2c_threads() == []

@@ -3,15 +3,19 @@
 `mirror` copies the newest `keep` backups of each kind (and database folder, and the
 globals) with their manifests into a directory, in the same key layout, then prunes the
 directory to `keep`. Safety rules:
-- a file is kept only when its SHA-256 and size match its manifest: it is streamed into
-  `.partial-<name>` beside its final name, hashed on the way, and renamed into place only
-  when it matches (a mismatch is tried once more from scratch, then reported by key);
+- a file is kept only when its SHA-256 and size match its manifest and its content checks
+  out as verify's does (every gzip member whole, the dump's header and completion
+  marker): it is streamed into `.partial-<name>` beside its final name, hashed and
+  inflated on the way by the reader restore and verify use (reading.py: whole members
+  to the fast engine where the manifest lists them, on threads beside the copy), and
+  renamed into place only when it matches (a mismatch is tried once more from scratch,
+  then reported by key);
 - what is already there and intact (same manifest, file hashing to it) is not fetched;
 - an interrupted copy resumes: within a run the storage seam resumes a read cut short
   itself (a ranged GET from the last byte, retry.read_policy); across runs the partial
   keeps its deterministic name and a sidecar naming the source ETag, and the next run
-  hashes what is there and asks only for the rest (`open(key, offset=)`); a different
-  ETag means another object, so it starts over;
+  checks what is there again with the rest and asks only for the rest
+  (`open(key, offset=)`); a different ETag means another object, so it starts over;
 - a run in which any copy failed deletes nothing from the directory;
 - one run at a time per directory (a lock file): two would append to the same partial.
 """
@@ -25,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from . import archive, manifest, names, prune
 from .errors import BackupCorrupt, ConfigInvalid, StorageFailed, UploadFailed
 from .logs import bound
+from .reading import READ_SIZE, Broken, ObjectReader, member_cap, member_sizes
 from .retry import describe
 from .storage.directory import PARTIAL, DirectoryStorage
 
@@ -191,7 +196,7 @@ def _mirror_one(source, dest, obj, chunk_size):
             dest.put_bytes(names.manifest_key(obj.key), doc_bytes)
             item.action, item.detail = "skipped", "manifest written"
             return item
-        item.resumed_from = _fetch(source, obj, path, expected, chunk_size, item)
+        item.resumed_from = _fetch(source, obj, path, doc, chunk_size, item)
         dest.put_bytes(names.manifest_key(obj.key), doc_bytes)  # last, as backup writes it
         if state == "damaged":
             item.action, item.detail = "replaced", "the local copy did not match its manifest"
@@ -241,16 +246,18 @@ def _partial_paths(path):
     return partial, partial + SOURCE_SUFFIX
 
 
-def _fetch(source, obj, path, expected, chunk_size, item):
+def _fetch(source, obj, path, doc, chunk_size, item):
     """Streams the object into its partial and renames it into place once it matches the
     manifest. Returns the bytes of an earlier run's partial that were kept; counts the
     bytes read from the source in item.bytes."""
     partial, sidecar = _partial_paths(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    expected = (doc["object"]["size"], doc["object"]["sha256"])
+    sizes, cap = member_sizes(doc, obj.size), member_cap(doc)
     for round_ in (1, 2):  # a mismatch is tried once more, from scratch
         copy = _Partial(partial, sidecar, obj.key, _etag(obj.etag), expected)
         try:
-            copy.fill(source, chunk_size)
+            copy.fill(source, chunk_size, sizes, cap)
             problem = copy.mismatch()
         except Mismatch as err:
             problem = str(err)
@@ -268,16 +275,15 @@ def _fetch(source, obj, path, expected, chunk_size, item):
 
 class _Partial:
     """The copy in progress of one object: `.partial-<name>` and its sidecar naming the
-    source object, with the SHA-256 of the bytes in it kept as they are appended."""
+    source object. fill() checks the bytes already there and those appended in one pass."""
 
     def __init__(self, partial, sidecar, key, etag, expected):
         self.partial, self.sidecar, self.key, self.etag = partial, sidecar, key, etag
         self.expected_size, self.expected_sha = expected
         self.read = 0  # bytes read from the source by this copy
+        self.sha256 = ""  # of all its bytes, once fill() has read them
         self.size = self.resumed_from = _resume_point(partial, sidecar, key, etag, expected)
-        if self.size:
-            self.sha = _sha256_file(partial)  # the bytes of the earlier run, hashed again
-        else:
+        if not self.size:
             self._start_over()
 
     def _start_over(self):
@@ -285,43 +291,66 @@ class _Partial:
             json.dump({"key": self.key, "etag": self.etag, "size": self.expected_size,
                        "sha256": self.expected_sha}, f)
         open(self.partial, "wb").close()
-        self.size, self.sha = 0, hashlib.sha256()
+        self.size = 0
 
-    def fill(self, source, chunk_size):
+    def fill(self, source, chunk_size, sizes, cap):
         """Appends the rest of the object, from where the partial ends (the storage
-        resumes a read cut short on its own, from the same object)."""
-        if self.size >= self.expected_size:
-            return  # all there (or too much): the check decides
-        reading = source.open(self.key, chunk_size, offset=self.size)
+        resumes a read cut short on its own, from the same object), and checks all of it:
+        the bytes already there and the new ones go through one ObjectReader (SHA-256,
+        every gzip member, the dump's ends) on threads, while they are written. Damage
+        stops the copy at once (Mismatch)."""
+        reading = None
         try:
-            if self.etag and reading.etag and _etag(reading.etag) != self.etag:
-                raise Mismatch(f"the source object changed while it was copied "
-                               f"(ETag {self.etag} -> {_etag(reading.etag)})")
-            if reading.start != self.size:  # the whole object was sent: start over with it
-                self._start_over()
-                self.resumed_from = 0
-            with open(self.partial, "ab") as f:
-                try:
-                    for chunk in reading:
-                        f.write(chunk)
-                        self.sha.update(chunk)
-                        self.size += len(chunk)
-                        self.read += len(chunk)
-                        if self.size > self.expected_size:
-                            raise Mismatch(f"the object is longer than the {self.expected_size} "
-                                           "bytes its manifest says")
-                finally:
-                    f.flush()
-                    os.fsync(f.fileno())
+            if self.size < self.expected_size:  # else all there: the check decides
+                reading = source.open(self.key, chunk_size, offset=self.size)
+                if self.etag and reading.etag and _etag(reading.etag) != self.etag:
+                    raise Mismatch(f"the source object changed while it was copied "
+                                   f"(ETag {self.etag} -> {_etag(reading.etag)})")
+                if reading.start != self.size:  # the whole object was sent: start over with it
+                    self._start_over()
+                    self.resumed_from = 0
+            with ObjectReader(self._chunks(reading), sizes, cap) as content:
+                content.run()
+            self.sha256 = content.sha256
+        except Broken as broken:
+            raise Mismatch(f"{broken.reason}: {broken.detail}") from None
         finally:
-            reading.close()
+            if reading is not None:
+                reading.close()
+
+    def _chunks(self, reading):
+        """The partial's bytes, then the source's, each appended to the partial before it
+        is passed on (runs on the reader's thread)."""
+        with open(self.partial, "rb") as f:
+            left = self.size
+            while left:
+                chunk = f.read(min(READ_SIZE, left))
+                if not chunk:
+                    raise Mismatch(f"the partial copy {self.partial} shrank while read")
+                left -= len(chunk)
+                yield chunk
+        if reading is None:
+            return
+        with open(self.partial, "ab") as f:
+            try:
+                for chunk in reading:
+                    f.write(chunk)
+                    self.size += len(chunk)
+                    self.read += len(chunk)
+                    if self.size > self.expected_size:
+                        raise Mismatch(f"the object is longer than the {self.expected_size} "
+                                       "bytes its manifest says")
+                    yield chunk
+            finally:
+                f.flush()
+                os.fsync(f.fileno())
 
     def mismatch(self):
         """None when the bytes match the manifest, else what differs."""
         if self.size != self.expected_size:
             return f"read {self.size} bytes, the manifest says {self.expected_size}"
-        if self.sha.hexdigest() != self.expected_sha:
-            return f"SHA-256 {self.sha.hexdigest()} read, the manifest says {self.expected_sha}"
+        if self.sha256 != self.expected_sha:
+            return f"SHA-256 {self.sha256} read, the manifest says {self.expected_sha}"
         return None
 
 

@@ -27,7 +27,6 @@ One transaction rather than "restore then swap" because it needs no second copy 
 data and leaves no half-restored database, whatever the target.
 """
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -45,8 +44,8 @@ from .database import connect
 from .dump import find_pg_tool, pg_tool_version
 from .errors import BackupCorrupt, BackupNotFound, RestoreFailed, RestoreRefused
 from .prune import survey
+from .reading import READ_SIZE, Broken, ObjectReader, member_cap, member_sizes
 from .signals import HANDLED
-from .verify import Broken, GzipStreamCheck
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +309,10 @@ def restore(storage, key, target, create_db=None, force=False, progress=None, wa
 
 def _stream(storage, key, doc, settings, psql, psql_text, psql_num, server_major, progress,
             before_commit=b""):
+    # Whole members to the fast engine when the manifest lists them and they fit the
+    # object as stored; read, hashed and inflated on threads while this one feeds psql.
+    stored = storage.head(key)
+    sizes = member_sizes(doc, stored.size) if stored is not None else None
     # Query results go to /dev/null; stdout carries only our \echo, which says that psql
     # ran every statement before it.
     proc = subprocess.Popen([str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password",
@@ -319,7 +322,7 @@ def _stream(storage, key, doc, settings, psql, psql_text, psql_num, server_major
     stderr = bytearray()
     reader = threading.Thread(target=lambda: _drain(proc.stderr, stderr), daemon=True)
     reader.start()
-    sha, size, checked_head = hashlib.sha256(), 0, [False]
+    checked_head = [False]
     cleanse = _filter_for(server_major)
     own_transaction = DumpTransactions()
 
@@ -330,19 +333,18 @@ def _stream(storage, key, doc, settings, psql, psql_text, psql_num, server_major
             sql = cleanse(sql)
         proc.stdin.write(own_transaction.feed(sql))
 
-    gz = GzipStreamCheck(sink=to_psql)
     committed = False
     try:
         proc.stdin.write(b"BEGIN;\n")
-        for data in storage.open(key):
-            sha.update(data)
-            size += len(data)
-            gz.feed(data)
-            if progress:
-                progress(size, doc["object"]["size"])
-        gz.finish()
-        if size != doc["object"]["size"] or sha.hexdigest() != doc["object"]["sha256"]:
-            raise Broken("sha256-mismatch", f"read {size} bytes with SHA-256 {sha.hexdigest()}, "
+        with ObjectReader(storage.open(key, READ_SIZE), sizes, member_cap(doc)) as content:
+            for sql in content:
+                to_psql(sql)
+                if progress:
+                    progress(content.bytes, doc["object"]["size"])
+            content.finish()
+        size, sha256 = content.bytes, content.sha256
+        if size != doc["object"]["size"] or sha256 != doc["object"]["sha256"]:
+            raise Broken("sha256-mismatch", f"read {size} bytes with SHA-256 {sha256}, "
                          f"the manifest says {doc['object']['size']} / {doc['object']['sha256']}")
         ran_all = f"l2c-backup: every statement ran {secrets.token_hex(8)}".encode()
         proc.stdin.write(own_transaction.finish() + b"\n" + before_commit +
@@ -370,7 +372,7 @@ def _stream(storage, key, doc, settings, psql, psql_text, psql_num, server_major
                             f"{message[-1500:] or f'exit {proc.returncode}'}",
                             "the transaction rolled back; the target is as it was. Fix the "
                             "cause (see psql's message) and run again")
-    return {"bytes": size, "sql_bytes": gz.sql_bytes, "psql": psql_text,
+    return {"bytes": size, "sql_bytes": content.sql_bytes, "psql": psql_text,
             "tables": len(doc["table_rows"])}
 
 

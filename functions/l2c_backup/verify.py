@@ -1,35 +1,29 @@
 """The verify operation: read a stored backup end to end and say whether it is whole.
 
-Checks, as one stream with bounded memory: every gzip member decodes with the right
-CRC32 and length and nothing trails them; the SQL starts like a pg_dump and ends with its
+Checks, with bounded memory, reading, hashing and inflating at once (reading.py): every
+gzip member decodes with the right CRC32 and length and nothing trails them; the SQL starts like a pg_dump and ends with its
 completion marker; size and CRC64 match what storage reports; SHA-256 and size match the
 manifest (waited for briefly: it is written just after the object). The verdict goes on
 the object as tags (`verify=ok|failed`, `verify-reason=<code>`) and into
 `<key>.verify.json`; a failed one raises an urgent alert.
 """
-import hashlib
 import json
 import logging
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 
-from oss2.utils import Crc64
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from . import alerts, archive, manifest, names
-from .dump import CLUSTER_DUMP_COMPLETE, DUMP_COMPLETE, ends_with_marker
 from .errors import BackupNotFound
 from .logs import bound
+from .deflate_engine import ENGINE
+from .reading import (MAX_OUT, READ_SIZE, TAIL_KEEP, Broken, GzipStreamCheck,  # noqa: F401
+                      ObjectReader, member_cap, member_sizes)
 
 log = logging.getLogger(__name__)
 
 VERIFY_SUFFIX = ".verify.json"
-READ_SIZE = 1 << 20
-MAX_OUT = 8 << 20  # inflate at most this much per step: a gzip bomb cannot blow memory
-HEAD_KEEP = 4096
-TAIL_KEEP = 4096
-DUMP_HEADERS = (b"--\n-- PostgreSQL database dump\n--", b"--\n-- PostgreSQL database cluster dump\n--")
 
 # Reason codes: short, stable, fit for a tag value and an alert.
 REASONS = {
@@ -39,6 +33,8 @@ REASONS = {
     "truncated": "the gzip stream stops in the middle of a member",
     "gzip-corrupt": "a gzip member fails to decode or its CRC32/length check fails",
     "trailing-garbage": "bytes that are not gzip follow the last member",
+    "member-too-large": "a gzip member is larger than the backup's block size allows "
+                        "(a gzip bomb, or not written by l2c-backup)",
     "not-a-dump": "the SQL does not start like a pg_dump",
     "incomplete-dump": "the SQL does not end with pg_dump's completion marker",
     "size-mismatch": "the bytes read differ in number from what storage reports",
@@ -79,79 +75,6 @@ class Verdict:
         return out
 
 
-class Broken(Exception):
-    def __init__(self, reason, detail):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-class GzipStreamCheck:
-    """Feeds a multi-member gzip stream through zlib, keeping only the SQL's head and tail."""
-
-    def __init__(self, sink=None):
-        self.sink = sink  # receives the SQL as it is inflated (restore); None just checks
-        self.inflater = None
-        self.members = 0
-        self.sql_bytes = 0
-        self.compressed = 0
-        self.head = bytearray()
-        self.tail = b""
-        self.carry = b""  # the first byte of a member header split across reads
-
-    def feed(self, data):
-        data = self.carry + data
-        self.carry = b""
-        while data:
-            if self.inflater is None:
-                if len(data) < 2:
-                    self.carry = data
-                    return
-                if data[:2] != b"\x1f\x8b":
-                    if self.members:
-                        raise Broken("trailing-garbage", f"{len(data)}+ bytes after member "
-                                      f"{self.members} (at byte {self.compressed}) are not gzip")
-                    raise Broken("not-gzip", f"starts with {data[:4].hex()} instead of 1f8b")
-                self.inflater = zlib.decompressobj(31)
-                self.members += 1
-            start_unused = len(data)
-            try:
-                self._sql(self.inflater.decompress(data, MAX_OUT))
-                while self.inflater.unconsumed_tail:
-                    self._sql(self.inflater.decompress(self.inflater.unconsumed_tail, MAX_OUT))
-            except zlib.error as err:
-                raise Broken("gzip-corrupt", f"member {self.members}: {err}") from None
-            if self.inflater.eof:
-                data = self.inflater.unused_data
-                self.compressed += start_unused - len(data)
-                self.inflater = None
-            else:
-                self.compressed += start_unused
-                data = b""
-
-    def _sql(self, out):
-        if len(self.head) < HEAD_KEEP:
-            self.head += out[:HEAD_KEEP - len(self.head)]
-        self.tail = (self.tail + out[-TAIL_KEEP:])[-TAIL_KEEP:]
-        self.sql_bytes += len(out)
-        if self.sink is not None and out:
-            self.sink(out)
-
-    def finish(self):
-        if self.carry:
-            raise Broken("trailing-garbage", "one stray byte after the last member")
-        if self.inflater is not None:
-            raise Broken("truncated", f"member {self.members} ends early after "
-                          f"{self.sql_bytes} bytes of SQL")
-        if self.members == 0:
-            raise Broken("empty", "0 bytes")
-        if not any(h in self.head.replace(b"\r\n", b"\n") for h in DUMP_HEADERS):
-            raise Broken("not-a-dump", f"first bytes: {bytes(self.head[:60])!r}")
-        if not (ends_with_marker(self.tail, DUMP_COMPLETE)
-                or ends_with_marker(self.tail, CLUSTER_DUMP_COMPLETE)):
-            raise Broken("incomplete-dump", f"last bytes: {self.tail[-80:]!r}")
-
-
 def wait_for_manifest(storage, key, wait_seconds):
     """The manifest's bytes, polling up to wait_seconds (it lands just after the object)."""
     def fetch():
@@ -170,54 +93,66 @@ def not_found(storage, key):
                           "check the key (`l2c-backup status` lists the backups) and --from")
 
 
-def check_object(storage, key, manifest_wait_seconds=60):
-    """Streams `key` and returns its Verdict (no side effects). BackupNotFound when there
-    is no such object; StorageFailed when the storage cannot be read (that is no verdict)."""
+def check_object(storage, key, manifest_wait_seconds=60, whole_members=True):
+    """Reads `key` and returns its Verdict (no side effects). BackupNotFound when there
+    is no such object; StorageFailed when the storage cannot be read (that is no verdict).
+    The manifest is read first (waited for: it lands just after the object): where it
+    lists the size of every member and they add up to the object's, whole members go to
+    the fast engine (reading.py); otherwise, or with whole_members=False, the object is
+    inflated as a plain gzip stream. Same checks, same reasons, either way."""
     started = time.monotonic()
     info = storage.head(key)
     if info is None:
         raise not_found(storage, key)
     verdict = Verdict(key, "ok", etag=info.etag, version_id=info.version_id,
                       checked_at=names.now().isoformat())
-    gz, sha, crc = GzipStreamCheck(), hashlib.sha256(), Crc64(0)
+    doc, unusable = _manifest(storage, key, manifest_wait_seconds)
+    sizes = member_sizes(doc, info.size) if whole_members else None
+    verdict.extra["inflate"] = f"whole members, {ENGINE}" if sizes is not None else "zlib stream"
+    reader = None
     try:
-        check_crc = bool(info.crc64)  # a directory reports none: nothing to compare with
         try:
             reading = storage.open(key, READ_SIZE)
         except FileNotFoundError:  # deleted since the HEAD above
             raise not_found(storage, key) from None
-        for data in reading:
-            sha.update(data)
-            if check_crc:
-                crc.update(data)
-            verdict.bytes += len(data)
-            gz.feed(data)
-        gz.finish()
-        if verdict.bytes != info.size:
-            raise Broken("size-mismatch", f"read {verdict.bytes}, storage says {info.size}")
-        if info.crc64 and str(crc.crc) != info.crc64:
-            raise Broken("crc64-mismatch", f"read {crc.crc}, OSS says {info.crc64}")
-        _check_manifest(storage, key, sha.hexdigest(), verdict.bytes, manifest_wait_seconds)
+        # CRC64 only where storage reports one (a directory does not): nothing to compare
+        reader = ObjectReader(reading, sizes, member_cap(doc or {}), crc64=bool(info.crc64))
+        with reader:
+            reader.run()
+        if reader.bytes != info.size:
+            raise Broken("size-mismatch", f"read {reader.bytes}, storage says {info.size}")
+        if info.crc64 and reader.crc64 != info.crc64:
+            raise Broken("crc64-mismatch", f"read {reader.crc64}, OSS says {info.crc64}")
+        if unusable is not None:
+            raise unusable
+        _check_against(doc, reader.sha256, reader.bytes)
     except Broken as broken:
         verdict.reason, verdict.detail = broken.reason, broken.detail
     finally:
-        verdict.members, verdict.sql_bytes = gz.members, gz.sql_bytes
-        verdict.sha256 = sha.hexdigest()
-        verdict.crc64 = str(crc.crc) if info.crc64 else ""
+        if reader is not None:
+            verdict.bytes, verdict.members, verdict.sql_bytes = (reader.bytes, reader.members,
+                                                                 reader.sql_bytes)
+            verdict.sha256, verdict.crc64 = reader.sha256, reader.crc64
         verdict.seconds = time.monotonic() - started
     return verdict
 
 
-def _check_manifest(storage, key, sha256, size, wait_seconds):
+def _manifest(storage, key, wait_seconds):
+    """(the manifest, None), or (None, the Broken it is) when it is missing or not valid:
+    that verdict comes after the object's own checks, as damage tells more."""
     data = wait_for_manifest(storage, key, wait_seconds)
     if data is None:
-        raise Broken("manifest-missing", f"no {names.manifest_key(key)} after {wait_seconds}s")
+        return None, Broken("manifest-missing", f"no {names.manifest_key(key)} after {wait_seconds}s")
     try:
         doc = manifest.loads(data)
     except ValueError as err:
-        raise Broken("manifest-invalid", str(err)) from None
+        return None, Broken("manifest-invalid", str(err))
     if doc["key"] != key:
-        raise Broken("manifest-invalid", f"the manifest describes {doc['key']}")
+        return None, Broken("manifest-invalid", f"the manifest describes {doc['key']}")
+    return doc, None
+
+
+def _check_against(doc, sha256, size):
     if doc["object"]["sha256"] != sha256:
         raise Broken("sha256-mismatch", f"read {sha256}, manifest says {doc['object']['sha256']}")
     if doc["object"]["size"] != size:
