@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from . import __version__, alerts, claims, leftovers, manifest, names
+from . import __version__, alerts, claims, deflate_engine, leftovers, manifest, names
 from .compress import gzip_members
 from .database import Snapshot, inspect, list_databases
 from .dump import PgDump, check_dump_compatible, find_pg_tool, globals_dump, pg_tool_version
@@ -60,6 +60,7 @@ class _Meter:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.members = 0
+        self.member_sizes = []  # the manifest's: readers inflate whole members
         self.deadline = deadline
         self.progress = progress
 
@@ -76,6 +77,7 @@ class _Meter:
             self.sha256.update(member)
             self.size += len(member)
             self.members += 1
+            self.member_sizes.append(len(member))
             if self.deadline and time.monotonic() > self.deadline:
                 raise self.timeout()
             if self.progress:
@@ -446,7 +448,8 @@ def _manifest(config, storage, kind, key, settings, info, pg_dump_version, store
                    "parts": stored.parts, "part_size": stored.extra.get("part_size", 0)},
         "sql_bytes": sql_bytes,
         "compression": {"format": "gzip", "level": config.gzip_level, "members": meter.members,
-                        "block_size": BLOCK_SIZE},
+                        "block_size": BLOCK_SIZE, "engine": deflate_engine.ENGINE,
+                        "member_sizes": meter.member_sizes},
         "started_at": started_at.isoformat(), "finished_at": finished_at.isoformat(),
         "duration_seconds": round(time.monotonic() - started, 3),
         "server": {"host": settings.host, "port": settings.port, "version": info.server_version,

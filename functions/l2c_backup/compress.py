@@ -3,17 +3,20 @@
 gzip -6 manages ~27 MB/s per core, well below pg_dump's ~146 MB/s, so compression is the
 bottleneck of a backup. The stream is cut into fixed blocks and each block becomes a
 complete gzip member of its own (header, deflate, CRC32 and ISIZE trailer), compressed on
-a thread pool: zlib releases the GIL while it deflates, so threads really run in parallel.
+a thread pool by the deflate engine (libdeflate, else zlib: deflate_engine.py), which
+releases the GIL while it deflates, so threads really run in parallel.
 gunzip, zcat and Python's gzip module (the restore side) read the concatenated members
 as one file. Members are independent, so the output costs a little ratio (each block starts
-with an empty dictionary) and depends only on the input, the level and `block_size`,
-never on `workers` or timing: the same input always gives the same bytes (mtime is 0).
+with an empty dictionary) and depends only on the input, the level, the engine and
+`block_size`, never on `workers` or timing: the same input always gives the same bytes
+(mtime is 0).
 """
 import collections
 import math
 import os
-import zlib
 from concurrent.futures import ThreadPoolExecutor
+
+from . import deflate_engine
 
 BLOCK_SIZE = 4 * 1024 * 1024
 
@@ -30,13 +33,15 @@ def gzip_members(chunks, level=6, workers=None, block_size=BLOCK_SIZE):
     cancelled, running blocks finish, the pool's threads exit and the exception reaches the
     consumer; closing the generator early shuts the pool down the same way.
     """
-    if not 0 <= level <= 9:
-        raise ValueError(f"level must be 0..9, got {level!r}")
+    if not 0 <= level <= deflate_engine.MAX_LEVEL:
+        raise ValueError(f"level must be 0..{deflate_engine.MAX_LEVEL}, got {level!r}")
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers!r}")
     if block_size < 1:
         raise ValueError(f"block_size must be at least 1, got {block_size!r}")
+    # Here, not in a pool thread: the warning carries the run's log keys (contextvars).
+    deflate_engine.warn_if_slow()
     # Validate now, not at the first next(): the body below runs lazily.
     return _compress_in_order(_blocks(chunks, block_size), level, workers)
 
@@ -46,7 +51,7 @@ def _compress_in_order(blocks, level, workers):
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="l2c-gzip")
     try:
         for block in blocks:
-            pending.append(pool.submit(_member, block, level))
+            pending.append(pool.submit(deflate_engine.gzip_member, block, level))
             # Twice the workers keeps every thread busy while the consumer (an upload)
             # catches up, and bounds memory: wait for the oldest before reading more.
             if len(pending) >= 2 * workers:
@@ -56,13 +61,6 @@ def _compress_in_order(blocks, level, workers):
     finally:
         # Reached on normal end, on an input error and on close(): never leak threads.
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _member(block, level):
-    # wbits 31 = gzip wrapper; zlib writes mtime 0 and computes CRC32/ISIZE itself.
-    # (zlib.compress(wbits=) would do in one call, but only from Python 3.11.)
-    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return compressor.compress(block) + compressor.flush()
 
 
 def _blocks(chunks, block_size):

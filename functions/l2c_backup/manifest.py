@@ -35,8 +35,17 @@ MANIFEST_SCHEMA = {
         "sql_bytes": _SIZE,
         "compression": {"type": "object", "required": ["format", "level"],
                         "properties": {"format": {"const": "gzip"},
-                                       "level": {"type": "integer", "minimum": 0, "maximum": 9},
-                                       "members": _SIZE, "block_size": _SIZE}},
+                                       # 10-12: libdeflate's slowest levels
+                                       "level": {"type": "integer", "minimum": 0, "maximum": 12},
+                                       "members": _SIZE, "block_size": _SIZE,
+                                       # deflate_engine.ENGINE: the level means what it
+                                       # does in this engine, and gives these bytes
+                                       "engine": _TEXT,
+                                       # every member's compressed size, in order: readers
+                                       # inflate whole members (a gzip member is >= 18 bytes)
+                                       "member_sizes": {"type": "array",
+                                                        "items": {"type": "integer",
+                                                                  "minimum": 18}}}},
         "started_at": {"type": "string", "pattern": ISO_TIME},
         "finished_at": {"type": "string", "pattern": ISO_TIME},
         "duration_seconds": {"type": "number", "minimum": 0},
@@ -62,6 +71,15 @@ def validate(manifest):
     except jsonschema.ValidationError as err:
         where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
         raise ValueError(f"manifest field {where}: {err.message}") from None
+    compression, size = manifest["compression"], manifest["object"]["size"]
+    sizes = compression.get("member_sizes")
+    # Readers slice the object by these sizes: they must tile it exactly.
+    if sizes is not None and sum(sizes) != size:
+        raise ValueError(f"manifest field compression/member_sizes: they add up to "
+                         f"{sum(sizes)} bytes, the object has {size}")
+    if sizes is not None and compression.get("members", len(sizes)) != len(sizes):
+        raise ValueError(f"manifest field compression/member_sizes: {len(sizes)} sizes "
+                         f"for {compression['members']} members")
     return manifest
 
 
