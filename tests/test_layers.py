@@ -385,8 +385,37 @@ def test_python_layer_imports_and_connects_under_python_3_10(python_layer, pg_cl
     assert result.stdout.startswith("3.10."), result.stdout
 
 
+_ENGINE_CHECK = r"""
+import gzip, sys
+layer, code = sys.argv[1:]
+sys.path[:0] = [layer, code]
+from l2c_backup import deflate_engine
+import deflate
+assert deflate.__file__.startswith(layer), deflate.__file__
+assert deflate_engine.FAST, deflate_engine._why_zlib
+block = b"COPY app.orders (id, note) FROM stdin;\n" + b"42\tshipped twice\n" * 50000
+member = deflate_engine.gzip_member(block, 6)
+assert gzip.decompress(member) == block == deflate_engine.inflate_member(member, len(block))
+print(deflate_engine.ENGINE)
+"""
+
+
+def test_the_deflate_engine_runs_on_libdeflate_from_the_layer_under_python_3_10(python_layer):
+    """FC's code package (functions/) with only the layer: backups get libdeflate there,
+    not the zlib fallback."""
+    result = subprocess.run(
+        [_python310(), "-I", "-S", "-c", _ENGINE_CHECK, str(python_layer / "python"),
+         str(ROOT / "functions")],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("libdeflate (deflate 0.9."), result.stdout
+    assert "deflate engine" not in result.stderr  # no fallback warning
+
+
 def test_every_python_extension_needs_at_most_glibc_2_28(python_layer):
     assert_glibc_at_most_2_28(python_layer)
+    # libdeflate's extension is among the files checked
+    assert list((python_layer / "python" / "deflate").glob("_deflate.cpython-310-*.so"))
 
 
 def test_the_lock_satisfies_pyproject_dependencies():

@@ -1,6 +1,7 @@
 """Recipe for the Python dependency layer: build/layers/python-layer.zip.
 
-    python/   pg8000, tenacity, jsonschema, oss2, aliyun-fc2 and everything they need,
+    python/   pg8000, tenacity, jsonschema, oss2, aliyun-fc2, deflate (libdeflate, a
+              cp310 manylinux2014 wheel) and everything they need,
               for CPython 3.10 on x86_64 with glibc <= 2.28 (FC's python3.10 runtime)
 
 On FC the layer unpacks into /opt and /opt/python is on sys.path.
@@ -61,6 +62,9 @@ crc = oss2.utils.Crc64(0)
 crc.update(b"123456789")
 assert crc.crc == 0x995DC9BBDF1939FA, hex(crc.crc)  # CRC-64/XZ check value
 jsonschema.validate({"a": 1}, {"type": "object", "properties": {"a": {"type": "integer"}}})
+import deflate, gzip  # libdeflate: the backup's deflate engine (zlib is only the fallback)
+block = b"INSERT INTO t VALUES (42, 'l2c');\n" * 4096
+assert gzip.decompress(deflate.gzip_compress(block, 6)) == block
 from pip._vendor.packaging.requirements import Requirement
 dists = {d.metadata["Name"].lower().replace("_", "-"): d for d in md.distributions(path=[layer])}
 problems = []
