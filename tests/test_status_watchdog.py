@@ -249,3 +249,20 @@ def test_watchdog_reports_a_configured_database_that_never_had_a_backup(primary,
     with pytest.raises(NotCompliant, match="no verified daily backup of crm at all"):
         watchdog_fn.handler(b"{}", fc_context(name="watchdog"))
     assert sorted(a.details["kind"] for a in alerts_sent) == ["daily", "weekly"]
+
+
+def test_status_command_shows_each_configured_database_and_names_the_missing_one(primary):
+    storage, env = primary
+    for kind, stamp in (("daily", "2026-11-26"), ("weekly", "2026-W48")):
+        put_backup(storage, f"db-backups/{kind}/app/backup_{stamp}.sql.gz", hours_ago=2)
+    env = dict(env, BACKUP_DATABASES="app,crm")
+    result = run_status(env)
+    assert result.returncode == 20, result.stderr  # NotCompliant
+    daily = json.loads(result.stdout)["kinds"]["daily"]["databases"]
+    assert daily["app"]["newest"] == "db-backups/daily/app/backup_2026-11-26.sql.gz"
+    assert daily["crm"]["newest"] is None
+    assert "no verified daily backup of crm at all" in result.stderr
+    text = subprocess.run([sys.executable, "-m", "l2c_backup.cli", "status"], capture_output=True,
+                          text=True, env=resolve.child_env(dict(env, PATH="/usr/bin:/bin"))).stdout
+    assert "  app: 1 kept; newest: db-backups/daily/app/backup_2026-11-26.sql.gz" in text
+    assert "  crm: 0 kept; newest: - none" in text

@@ -4,7 +4,7 @@ import time
 
 from .. import config, fc_cost, names
 from ..errors import L2CError, NotCompliant
-from ..status import Location, report, survey
+from ..status import Location, newest_runs, report, survey
 from ..storage import open_storage
 
 
@@ -50,10 +50,14 @@ def run(args):
     environ = config.environment()  # an empty variable is an unset one (README)
     prices, grace = config.prices(environ), config.grace_seconds(environ)  # before any OSS call
     fc_prices = fc_cost.prices(environ)
-    locs = locations(environ, args.source, args.mirror or environ.get("MIRROR_DIR"))
+    source = args.source or None
+    locs = locations(environ, source, args.mirror or environ.get("MIRROR_DIR"))
     keep = config.keep_counts(environ, locs[0].url)
+    configured = [d for d in environ.get("BACKUP_DATABASES", "").split(",") if d]
+    target, oss = config.storage_target(environ, source, flag="--from")
     result = report(locs, names.KINDS, keep, time.time(), grace=grace, prices=prices,
-                    fc_prices=fc_prices)
+                    fc_prices=fc_prices, configured=configured,
+                    runs=newest_runs(open_storage(target, oss), names.KINDS))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -73,6 +77,13 @@ def print_report(r):
         rpo = f" (RPO {k['rpo_hours']:.0f} h)" if k["rpo_hours"] else ""
         print(f"{kind:7} {k['count']:3}/{k['keep']} kept, {k['bytes'] / 1e6:10.1f} MB; newest: "
               f"{k['newest'] or '-'} {age}{rpo}, {k['newest_verdict'] or '-'}")
+        for database, d in k.get("databases", {}).items():
+            age = f"{d['age_hours']:.1f} h old" if d["age_hours"] is not None else "none"
+            run = d.get("last_run") or {}
+            last = (f"; last run {run['run']}: {run['outcome']}"
+                    + (f" ({run['error']})" if run.get("error") else "")) if run else ""
+            print(f"  {database}: {d['count']} kept; newest: {d['newest'] or '-'} {age}, "
+                  f"{d['newest_verdict'] or '-'}{last}")
     print("3-2-1:")
     for c in r["three_two_one"]:
         print(f"  {c['key']}: {len(c['copies'])} copies ({', '.join(c['copies'])}), "
