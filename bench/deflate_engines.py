@@ -10,7 +10,7 @@ The backup cuts pg_dump's stream into 4 MiB blocks and makes each a whole gzip m
 taken at even steps through the dump (every table is in the sample, not only the first),
 compressed and inflated whole by each candidate at the levels that matter:
 
-    zlib 1/6/9 (the fallback; 6 is gzip -6)        libdeflate 1/4/5/6/7/9 (package `deflate`)
+    zlib 1/5/6/9 (the fallback; 6 is gzip -6)      libdeflate 1/4/5/6/7/9 (package `deflate`)
     ISA-L 0-3 (package `isal`)                     zlib-ng 1/4/6 (package `zlib-ng`)
 
 A candidate whose package is not installed is reported as such; only `deflate` is a
@@ -53,7 +53,7 @@ BLOCK = 4 * MIB
 
 def candidates():
     """[(name, levels, compress(block, level), inflate(member, size), note)]."""
-    out = [("zlib", (1, 6, 9), _zlib_compress, lambda m, n: zlib.decompress(m, 31),
+    out = [("zlib", (1, 5, 6, 9), _zlib_compress, lambda m, n: zlib.decompress(m, 31),
             f"zlib {zlib.ZLIB_RUNTIME_VERSION}")]
     try:
         import deflate

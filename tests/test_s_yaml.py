@@ -209,7 +209,7 @@ def test_an_empty_value_still_means_the_default():
     cfg = config.load({"DATABASE_URL": SAMPLES["DATABASE_URL"], "OSS_ENDPOINT": SAMPLES["OSS_ENDPOINT"],
                        "OSS_BACKUP_BUCKET": "l2c-backups", "GZIP_LEVEL": "", "OSS_BACKUP_PREFIX": ""},
                       credentials=("sample-id", "sample-secret", ""))
-    assert cfg.gzip_level == 6 and cfg.target == "oss://l2c-backups/db-backups/"
+    assert cfg.gzip_level == config.DEFAULT_GZIP_LEVEL and cfg.target == "oss://l2c-backups/db-backups/"
 
 
 # -- the s.yaml before issue 11, through the same checks ------------------------------------

@@ -35,8 +35,7 @@ MANIFEST_SCHEMA = {
         "sql_bytes": _SIZE,
         "compression": {"type": "object", "required": ["format", "level"],
                         "properties": {"format": {"const": "gzip"},
-                                       # 10-12: libdeflate's slowest levels
-                                       "level": {"type": "integer", "minimum": 0, "maximum": 12},
+                                       "level": {"type": "integer", "minimum": 0, "maximum": 9},
                                        "members": _SIZE, "block_size": _SIZE,
                                        # deflate_engine.ENGINE: the level means what it
                                        # does in this engine, and gives these bytes
