@@ -161,6 +161,14 @@ def test_input_of_exact_blocks_has_no_empty_trailing_member():
     assert gzip.decompress(b"".join(members)) == data
 
 
+def test_each_member_is_the_deflate_engines_member_of_its_block():
+    """The members come from deflate_engine (libdeflate here), block by block."""
+    from l2c_backup import deflate_engine
+    data = dump_text(2 * MB + 100)
+    members = list(gzip_members(chunked(data, 64 * KB), level=5, workers=2, block_size=MB))
+    assert members == [deflate_engine.gzip_member(block, 5) for block in chunked(data, MB)]
+
+
 @pytest.mark.parametrize("level", [0, 1, 9, 12])
 def test_any_level_from_0_to_12_gives_a_valid_stream(level):
     # 10-12 are libdeflate's slowest levels; zlib (the fallback) treats them as 9
