@@ -22,6 +22,7 @@ from .database import Snapshot, inspect, list_databases
 from .dump import PgDump, check_dump_compatible, find_pg_tool, globals_dump, pg_tool_version
 from .errors import BackupTimeout, DumpFailed, EventInvalid, L2CError, StorageFailed, UploadFailed
 from .logs import bound
+from .signals import wake_on_stop
 from .storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,14 @@ class _Watchdog:
     def __exit__(self, *exc):
         if self.timer:
             self.timer.cancel()
+
+
+def _end_dump(process):
+    """Ends a dump from another thread (signals.stop_thread): pg_dump cancels its own
+    queries on SIGTERM (one waiting on a lock too); SIGCONT lets a stopped one get it."""
+    for signum in (signal.SIGTERM, signal.SIGCONT):
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            os.kill(process.pid, signum)
 
 
 def _remaining(deadline):
@@ -351,7 +360,8 @@ def _backup_stream(config, storage, kind, key, settings, info, tool_version, pro
         log.info("backing up %s of %s (%d bytes on disk) to %s", content, settings.dbname,
                  info.database_size, location)
         meter = _Meter(deadline, progress, on_first_chunk)
-        with process, _Watchdog(deadline, process) as watchdog:
+        with process, _Watchdog(deadline, process) as watchdog, \
+                wake_on_stop(lambda: _end_dump(process)):
             try:
                 stored = _store(storage, key, process, meter, config, info.database_size,
                                 overwrite=kind != "manual")

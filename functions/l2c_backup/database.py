@@ -23,6 +23,7 @@ from urllib.parse import quote, unquote, urlsplit
 import pg8000.native
 
 from .errors import BackupTimeout, ConfigInvalid, DatabaseUnreachable, DumpFailed
+from .signals import wake_on_stop
 
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 DEFAULT_CONNECT_TIMEOUT = 10  # seconds; libpq waits forever, which on FC burns the whole run
@@ -506,14 +507,17 @@ class Snapshot:
         self.info: ServerInfo | None = None
 
     def __enter__(self) -> "Snapshot":
-        self.conn = connect(self.settings)
+        self.conn = conn = connect(self.settings)
         try:
-            self.conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            # held while pg_dump starts: a server's idle-in-transaction limit must not end it
-            self.conn.run("SET LOCAL idle_in_transaction_session_timeout = 0")
-            if self.export:
-                [[self.id]] = self.conn.run("SELECT pg_export_snapshot()")
-            self.info = _inspect_in(self.conn, self.settings, self.timeout_seconds)
+            # in a thread stopped from another (fanout.py), a count behind a lock would
+            # keep waiting: the stop cancels it
+            with wake_on_stop(lambda: cancel(conn, self.settings)):
+                conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                # held while pg_dump starts: a server's idle-in-transaction limit must not end it
+                conn.run("SET LOCAL idle_in_transaction_session_timeout = 0")
+                if self.export:
+                    [[self.id]] = conn.run("SELECT pg_export_snapshot()")
+                self.info = _inspect_in(conn, self.settings, self.timeout_seconds)
         except BaseException:
             # A query may still run (a signal cut the wait for its answer short): a ROLLBACK
             # would queue behind it, e.g. forever behind a lock. Cancel it and hang up; the

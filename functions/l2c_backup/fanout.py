@@ -40,7 +40,6 @@ Globals: the dispatcher backs them up itself, after dispatching. `pg_dumpall
 --globals-only` is a few KB and seconds: it needs no instance or budget of its own.
 """
 import contextlib
-import ctypes
 import hashlib
 import json
 import logging
@@ -53,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from urllib.parse import quote, unquote
 
-from . import alerts, claims, invoke, logs, names
+from . import alerts, claims, invoke, logs, names, signals
 from .backup import GLOBALS, databases_to_back_up, run_backup
 from .errors import ConfigInvalid, L2CError
 from .signals import Stopped
@@ -65,7 +64,7 @@ RUNS = "runs/"
 DEFAULT_CONCURRENCY = 2
 OUTCOME_MARGIN_SECONDS = 15 * 60  # past the budget: queueing in FC, a cold start, clocks
 KEEP_RUNS_AT_LEAST = 10
-STOP_WAIT_SECONDS = 120  # how long a stopped local run waits for its threads to clean up
+STOP_WAIT_SECONDS = 120  # at most, for the stopped threads' clean-up (aborts, deletes)
 
 
 def wanted(config):
@@ -351,8 +350,9 @@ def run_local(config, kind, concurrency=DEFAULT_CONCURRENCY, request_id="", when
     the summary, the failures (each alerted once, by its own backup) in database order.
 
     Stopped (SIGTERM / SIGINT in the main thread) is raised in every thread still
-    backing up, so each undoes its own writes as a run stopped alone would; then it
-    propagates."""
+    backing up and ends what it waits for (its pre-flight query is cancelled, its
+    pg_dump stopped), so each undoes its own writes at once, as a run stopped alone
+    would; then it propagates."""
     when = when or names.now()
     request_id = request_id or uuid.uuid4().hex
     started = time.monotonic()
@@ -392,14 +392,20 @@ def run_local(config, kind, concurrency=DEFAULT_CONCURRENCY, request_id="", when
 
 def _in_threads(work, items, concurrency):
     """[(result, L2CError or None)] of work(item) for each item, up to `concurrency` at
-    once. Another exception in a thread is raised here once all ended; Stopped here is
-    raised in every thread still working, then re-raised when they have cleaned up."""
+    once. Another exception in a thread is raised here once all ended. Stopped here
+    reaches every thread still working at once (signals.stop_thread: raised in it, and
+    its wait on a lock, a query or pg_dump ended), starts nothing more, and is re-raised
+    when they have cleaned up."""
     running = {}  # thread ident -> item
+    stopped = []  # the Stopped, once it came
     lock = threading.Lock()
 
     def one(item):
+        ident = threading.get_ident()
         with lock:
-            running[threading.get_ident()] = item
+            if stopped:  # taken from the queue as the stop came
+                raise Stopped(stopped[0].signum)
+            running[ident] = item
         try:
             with logs.bound(database=item):
                 return work(item), None
@@ -407,7 +413,8 @@ def _in_threads(work, items, concurrency):
             return None, err
         finally:
             with lock:
-                running.pop(threading.get_ident(), None)
+                running.pop(ident, None)
+                signals.forget_stop(ident)  # too late to matter: not in the pool's own code
 
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="l2c-backup")
     futures = []
@@ -415,13 +422,12 @@ def _in_threads(work, items, concurrency):
         futures = [pool.submit(one, item) for item in items]
         return [f.result() for f in futures]
     except Stopped as stop:
-        for f in futures:
-            f.cancel()  # those not started yet never start
         with lock:
-            threads = list(running)
-        stopped_too = _stopped_like(stop)
-        for ident in threads:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(stopped_too))
+            stopped.append(stop)
+            for f in futures:
+                f.cancel()  # those not started yet never start
+            for ident in running:
+                signals.stop_thread(ident, stop)
         deadline = time.monotonic() + STOP_WAIT_SECONDS
         for f in futures:
             with contextlib.suppress(BaseException):
@@ -429,15 +435,6 @@ def _in_threads(work, items, concurrency):
         raise
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _stopped_like(stop):
-    """A Stopped class carrying this stop's signal (an exception raised into another
-    thread is given as a class and made without arguments)."""
-    class StoppedToo(Stopped):
-        def __init__(self):
-            super().__init__(stop.signum)
-    return StoppedToo
 
 
 def _put_quietly(storage, key, document):
