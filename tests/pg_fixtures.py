@@ -46,9 +46,25 @@ def table_locked(cluster, dbname):
     """A new database `dbname` with a table `held` that another session holds in ACCESS
     EXCLUSIVE mode for the block: what l2c reads there waits, so a test can signal it
     while it is surely running."""
+    with _held(cluster, dbname, "CREATE TABLE held (id int)"):
+        yield
+
+
+@contextlib.contextmanager
+def view_locked(cluster, dbname):
+    """A new database `dbname` with a table (which the pre-flight counts) and a view `held`
+    that another session holds in ACCESS EXCLUSIVE mode: the pre-flight passes, pg_dump
+    waits for the lock in pg_get_viewdef. (The view reads no table: LOCK on a view locks
+    the tables it reads as well.)"""
+    with _held(cluster, dbname, "CREATE TABLE free (id int); CREATE VIEW held AS SELECT 1 AS one"):
+        yield
+
+
+@contextlib.contextmanager
+def _held(cluster, dbname, schema):
     cluster.psql(f"DROP DATABASE IF EXISTS {dbname}")
     cluster.create_database(dbname)
-    cluster.psql("CREATE TABLE held (id int)", dbname=dbname)
+    cluster.psql(schema, dbname=dbname)
     holder = subprocess.Popen([str(cluster.bin("psql")), "-X", "-q", "-d", dbname, "-c",
                                "BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(300);"],
                               env=cluster.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -57,3 +73,6 @@ def table_locked(cluster, dbname):
     finally:
         holder.kill()
         holder.wait()
+        # Killing psql leaves its backend in pg_sleep, holding the lock and the database.
+        cluster.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     f"WHERE datname = '{dbname}' AND pid <> pg_backend_pid()")

@@ -23,7 +23,7 @@ import pytest
 
 from l2c_backup.signals import Stopped, stop_thread, wake_on_stop
 from l2c_local.oss import Fault
-from pg_fixtures import WAITING_ON_A_LOCK, table_locked
+from pg_fixtures import WAITING_ON_A_LOCK, table_locked, view_locked
 from test_backup_faults import backup_env
 from test_backup_signals import (all_files, assert_one_line_saying, gone, open_uploads,
                                  partial_files, pg_dumps_of, start_backup, wait_for)
@@ -47,42 +47,6 @@ def streaming_databases(pg_cluster):
         pg_cluster.psql("CREATE TABLE noise AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) "
                         "AS v FROM generate_series(1, 400000) g", dbname=name)
     return STREAMING
-
-
-@contextlib.contextmanager
-def locked(cluster, dbname):
-    """table_locked, and the lock's session ended after it: killing its psql leaves the
-    server's backend in pg_sleep, holding the lock and the database, for 300 s."""
-    try:
-        with table_locked(cluster, dbname):
-            yield
-    finally:
-        end_sessions_in(cluster, dbname)
-
-
-def end_sessions_in(cluster, dbname):
-    cluster.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'")
-
-
-@contextlib.contextmanager
-def view_locked(cluster, dbname):
-    """A new database `dbname` with a table (which the pre-flight counts) and a view that
-    another session holds in ACCESS EXCLUSIVE mode: the pre-flight passes, pg_dump waits
-    for the lock in pg_get_viewdef. (The view reads no table: LOCK on a view locks the
-    tables it reads as well.)"""
-    cluster.psql(f"DROP DATABASE IF EXISTS {dbname}")
-    cluster.create_database(dbname)
-    cluster.psql("CREATE TABLE free (id int); CREATE VIEW held AS SELECT 1 AS one",
-                 dbname=dbname)
-    holder = subprocess.Popen([str(cluster.bin("psql")), "-X", "-q", "-d", dbname, "-c",
-                               "BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(300);"],
-                              env=cluster.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield
-    finally:
-        holder.kill()
-        holder.wait()
-        end_sessions_in(cluster, dbname)
 
 
 @pytest.fixture
@@ -139,6 +103,14 @@ def stop(proc, signum, dumps, pg_cluster):
     return stderr, seconds
 
 
+def stop_and_check(proc, signum, pg_cluster, dumps_running):
+    """Signals the backup once `dumps_running` pg_dumps run, then assert_nothing_half_done."""
+    dumps = pg_dumps_of(proc.pid)
+    assert len(dumps) == dumps_running
+    stderr, _ = stop(proc, signum, dumps, pg_cluster)
+    assert_nothing_half_done(proc, signum, stderr, dumps, pg_cluster)
+
+
 def assert_nothing_half_done(proc, signum, stderr, dumps, pg_cluster):
     assert proc.returncode == 128 + signum, stderr
     assert_one_line_saying(stderr, signum)
@@ -162,9 +134,8 @@ def assert_nothing_left_in(bucket, oss_server):
 def test_a_signal_stops_a_pre_flight_waiting_on_a_lock_and_an_upload_at_once(
         signum, pg_cluster, streaming_databases, oss_server, bucket, slow_parts):
     env = several(pg_cluster, oss_server, [HELD, STREAMING[0], STREAMING[1]])
-    with locked(pg_cluster, HELD):
+    with table_locked(pg_cluster, HELD):
         proc = start_backup(env, "--concurrency", "2")
-        dumps = []
         try:
             wait_for(lambda: waiting_on_a_lock(pg_cluster, HELD) == 1 or proc.poll() is not None,
                      f"the pre-flight of {HELD} to wait on the lock")
@@ -172,12 +143,9 @@ def test_a_signal_stops_a_pre_flight_waiting_on_a_lock_and_an_upload_at_once(
                      f"{STREAMING[0]} to upload parts")
             assert proc.poll() is None, proc.communicate()
             assert uploading(bucket, STREAMING[0]), "no upload was open when the signal came"
-            dumps = pg_dumps_of(proc.pid)
-            assert len(dumps) == 1
-            stderr, _ = stop(proc, signum, dumps, pg_cluster)
+            stop_and_check(proc, signum, pg_cluster, dumps_running=1)
         finally:
             proc.kill()
-        assert_nothing_half_done(proc, signum, stderr, dumps, pg_cluster)
     assert_nothing_left_in(bucket, oss_server)
 
 
@@ -186,7 +154,6 @@ def test_sigterm_stops_a_pg_dump_waiting_on_a_lock_and_an_upload_at_once(
     env = several(pg_cluster, oss_server, [VIEW_HELD, STREAMING[0], STREAMING[1]])
     with view_locked(pg_cluster, VIEW_HELD):
         proc = start_backup(env, "--concurrency", "2")
-        dumps = []
         try:
             wait_for(lambda: (waiting_on_a_lock(pg_cluster, VIEW_HELD) == 1
                               and len(pg_dumps_of(proc.pid)) == 2) or proc.poll() is not None,
@@ -197,32 +164,25 @@ def test_sigterm_stops_a_pg_dump_waiting_on_a_lock_and_an_upload_at_once(
             assert "pg_get_viewdef" in pg_cluster.psql(
                 f"SELECT query FROM pg_stat_activity WHERE datname = '{VIEW_HELD}' "
                 "AND wait_event_type = 'Lock'"), "the pre-flight, not pg_dump, waits"
-            dumps = pg_dumps_of(proc.pid)
-            assert len(dumps) == 2
-            stderr, _ = stop(proc, signal.SIGTERM, dumps, pg_cluster)
+            stop_and_check(proc, signal.SIGTERM, pg_cluster, dumps_running=2)
         finally:
             proc.kill()
-        assert_nothing_half_done(proc, signal.SIGTERM, stderr, dumps, pg_cluster)
     assert_nothing_left_in(bucket, oss_server)
 
 
 def test_sigterm_while_both_workers_upload_aborts_both_and_starts_no_other(
         pg_cluster, streaming_databases, oss_server, bucket, slow_parts):
     env = several(pg_cluster, oss_server, [STREAMING[0], STREAMING[1], HELD])
-    with locked(pg_cluster, HELD):
+    with table_locked(pg_cluster, HELD):
         proc = start_backup(env, "--concurrency", "2")
-        dumps = []
         try:
             wait_for(lambda: (uploading(bucket, STREAMING[0]) and uploading(bucket, STREAMING[1])
                               and slow_parts.hits >= 3) or proc.poll() is not None,
                      "both databases to upload parts")
             assert proc.poll() is None, proc.communicate()
-            dumps = pg_dumps_of(proc.pid)
-            assert len(dumps) == 2
-            stderr, _ = stop(proc, signal.SIGTERM, dumps, pg_cluster)
+            stop_and_check(proc, signal.SIGTERM, pg_cluster, dumps_running=2)
         finally:
             proc.kill()
-        assert_nothing_half_done(proc, signal.SIGTERM, stderr, dumps, pg_cluster)
     assert_nothing_left_in(bucket, oss_server)
 
 
@@ -234,7 +194,7 @@ def test_a_signal_stops_a_stalled_dump_to_a_directory_and_leaves_no_partial_file
     env = {"DATABASE_URL": pg_cluster.url("postgres"), "BACKUP_TARGET": str(tmp_path),
            "PATH": os.environ["PATH"], "BACKUP_DATABASES": f"{HELD},{STREAMING[0]}",
            "GZIP_WORKERS": "1", "GZIP_LEVEL": "9"}
-    with locked(pg_cluster, HELD):
+    with table_locked(pg_cluster, HELD):
         proc = start_backup(env, "--concurrency", "2")
         dump = None
         try:
