@@ -165,7 +165,7 @@ def test_the_prune_after_each_backup_ignores_and_cleans_objects_without_manifest
 
     manual = sorted(o.key for o in storage.list("db-backups/manual/") if o.key.endswith(".sql.gz"))
     assert manual == sorted(made + [newer])  # both backups kept: `newer` is not one
-    assert find_backup(storage, latest=True) == max(made)
+    assert find_backup(storage, latest=True) == made[-1]  # same second: "...-1" is newer
 
 
 # -- 2. claims are sidecars ---------------------------------------------------------------
