@@ -308,13 +308,11 @@ def run_l2c(bb, children, key, env, workdir, create_db=None):
 def run_variant(key, create_db):
     """--run-variant: one restore (or one read + inflate + SHA-256 with no psql) with the
     target in the environment; prints JSON."""
-    import hashlib
-
-    from l2c_backup import config
+    from l2c_backup import config, manifest, names
     from l2c_backup.database import DatabaseSettings
     from l2c_backup.restore import restore
     from l2c_backup.storage import open_storage
-    from l2c_backup.verify import GzipStreamCheck
+    from l2c_backup.reading import READ_SIZE, ObjectReader, member_cap, member_sizes
 
     target, oss = config.storage_target(os.environ)
     storage = open_storage(target, oss)
@@ -324,13 +322,14 @@ def run_variant(key, create_db):
     if create_db:
         settings = DatabaseSettings.from_url(os.environ["DATABASE_URL"], {})
         summary = restore(storage, key, settings, create_db=create_db)
-    else:  # what restore does to the bytes, minus psql
-        sha, gz = hashlib.sha256(), GzipStreamCheck()
-        for data in storage.open(key):
-            sha.update(data)
-            gz.feed(data)
-        gz.finish()
-        summary = {"sql_bytes": gz.sql_bytes, "sha256": sha.hexdigest()}
+    else:  # what restore does to the bytes, minus psql: the same reader, whole members
+        doc = manifest.loads(b"".join(storage.open(names.manifest_key(key))))
+        sizes = member_sizes(doc, storage.head(key).size)
+        with ObjectReader(storage.open(key, READ_SIZE), sizes, member_cap(doc)) as content:
+            for _ in content:
+                pass
+            content.finish()
+        summary = {"sql_bytes": content.sql_bytes, "sha256": content.sha256}
     seconds = time.monotonic() - started
     self1, kids1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     peaks = poller.stop()

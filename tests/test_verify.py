@@ -6,7 +6,7 @@ import zlib
 
 import pytest
 
-from l2c_backup import config, retry, verify as verify_mod
+from l2c_backup import config, reading, retry, verify as verify_mod
 from l2c_backup.backup import run_backup
 from l2c_backup.errors import BackupNotFound, StorageFailed
 from l2c_backup.storage import open_storage
@@ -132,9 +132,9 @@ def test_a_zip_bomb_is_inflated_with_bounded_memory():
     # 1 GiB of zeros deflates to ~1 MB: fed in one piece, output stays in MAX_OUT steps.
     bomb = zlib.compressobj(9, zlib.DEFLATED, 31)
     data = bomb.compress(b"\0" * (1 << 30)) + bomb.flush()
-    check = verify_mod.GzipStreamCheck()
+    check = reading.GzipStreamCheck()
     check.feed(data)
-    assert check.sql_bytes == 1 << 30 and len(check.tail) <= verify_mod.TAIL_KEEP
+    assert check.sql_bytes == 1 << 30 and len(check.tail) <= reading.TAIL_KEEP
 
 
 def test_verdicts_are_recorded_as_tags_and_a_verify_file_and_failures_alert_once(
@@ -204,10 +204,10 @@ def test_a_connection_dropped_mid_object_is_resumed_and_the_verdict_is_ok(
         oss, oss_server, good_backup, alerts_sent):
     key, data, doc = good_backup
     store(oss, key, data, doc)
-    assert len(data) > 2 * verify_mod.READ_SIZE, "the drop must fall mid-object"
+    assert len(data) > 2 * reading.READ_SIZE, "the drop must fall mid-object"
     gets = oss_server.inject(KeyGet(key, skip=10**9, times=None))  # counts only
     drop = oss_server.inject(KeyGet(key, drop_response_after=len(data) // 2))
-    have = len(data) // 2 // verify_mod.READ_SIZE * verify_mod.READ_SIZE  # whole chunks only
+    have = len(data) // 2 // reading.READ_SIZE * reading.READ_SIZE  # whole chunks only
     # a second GET of the whole object would be cut again: only the rest fits
     oss_server.inject(KeyGet(key, skip=1, times=None, drop_response_after=len(data) - have))
 

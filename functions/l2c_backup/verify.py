@@ -1,8 +1,8 @@
 """The verify operation: read a stored backup end to end and say whether it is whole.
 
 Checks, with bounded memory, reading, hashing and inflating at once (reading.py): every
-gzip member decodes with the right CRC32 and length and nothing trails them; the SQL starts like a pg_dump and ends with its
-completion marker; size and CRC64 match what storage reports; SHA-256 and size match the
+gzip member decodes with the right CRC32 and length and nothing trails them; the SQL
+starts like a pg_dump and ends with its completion marker; size and CRC64 match what storage reports; SHA-256 and size match the
 manifest (waited for briefly: it is written just after the object). The verdict goes on
 the object as tags (`verify=ok|failed`, `verify-reason=<code>`) and into
 `<key>.verify.json`; a failed one raises an urgent alert.
@@ -15,11 +15,10 @@ from dataclasses import asdict, dataclass, field
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from . import alerts, archive, manifest, names
+from .deflate_engine import ENGINE
 from .errors import BackupNotFound
 from .logs import bound
-from .deflate_engine import ENGINE
-from .reading import (MAX_OUT, READ_SIZE, TAIL_KEEP, Broken, GzipStreamCheck,  # noqa: F401
-                      ObjectReader, member_cap, member_sizes)
+from .reading import READ_SIZE, Broken, ObjectReader, member_cap, member_sizes
 
 log = logging.getLogger(__name__)
 
