@@ -430,7 +430,7 @@ def fc_table(results, size, prices):
     """What each row would cost as the backup function on FC (fc_cost.py)."""
     from l2c_backup import fc_cost
     sql = sql_bytes_of(results)
-    lines = [f"| variant | size | SQL GB | cpu s/GB | vCPU-s/GB | GB-s/GB | FC CNY/backup "
+    lines = ["| variant | size | SQL GB | cpu s/GB | vCPU-s/GB | GB-s/GB | FC CNY/backup "
              f"| FC CNY/month | OSS CNY/month |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
