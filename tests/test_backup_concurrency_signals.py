@@ -186,6 +186,39 @@ def test_sigterm_while_both_workers_upload_aborts_both_and_starts_no_other(
     assert_nothing_left_in(bucket, oss_server)
 
 
+def test_what_sigkill_leaves_of_two_uploads_at_once_the_next_run_removes(
+        pg_cluster, streaming_databases, oss_server, bucket, slow_parts):
+    """SIGKILL cannot be caught: both workers' uploads stay open. Their pg_dumps end (their
+    pipe's reader is gone), and the next run aborts both uploads; neither counts as a backup."""
+    from l2c_backup import config
+    from l2c_backup.backup import run_backup
+    env = several(pg_cluster, oss_server, list(STREAMING))
+    proc = start_backup(env, "--concurrency", "2")
+    try:
+        wait_for(lambda: (uploading(bucket, STREAMING[0]) and uploading(bucket, STREAMING[1])
+                          and slow_parts.hits >= 3) or proc.poll() is not None,
+                 "both databases to upload parts")
+        assert proc.poll() is None, proc.communicate()
+        dumps = pg_dumps_of(proc.pid)
+        assert len(dumps) == 2
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    for pid in dumps:
+        wait_for(lambda: gone(pid), f"pg_dump {pid} to end once its reader was killed", timeout=30)
+    oss_server.clear_faults()
+    assert len(open_uploads(bucket)) == 2
+    assert only_the_run_record(stored_keys(bucket)) == []
+
+    cfg = config.load(env)
+    made = run_backup(cfg, "manual", leftover_age=0)["backups"]
+    assert open_uploads(bucket) == [], "the next run left the dead run's uploads open"
+    keys = [b["key"] for b in made]
+    assert only_the_run_record(stored_keys(bucket)) == sorted(
+        keys + [k + ".manifest.json" for k in keys]), "something of the killed run stayed"
+
+
 # -- to a directory: a stalled pg_dump beside a waiting pre-flight ----------------------------
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
