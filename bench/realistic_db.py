@@ -379,6 +379,38 @@ INDEX_SQL = (
      "CREATE INDEX messages_order_idx ON app.messages (order_id);"],
 )
 
+# An optional fifth table of ~1% of the dump, for restoring one small table out of a big
+# backup (bench/restore_jobs.py: build(refunds=True)). Off by default, so the other benches
+# build the same data as before; its rows come last in each batch, after the other tables'
+# random() draws. Ids reuse the customers' range (n/10 per batch).
+REFUNDS_TABLE = "app.refunds"
+REFUNDS_SCHEMA_SQL = """
+CREATE TABLE app.refunds (
+    id bigint NOT NULL,
+    order_id bigint NOT NULL,
+    requested_at timestamptz NOT NULL,
+    amount numeric(12, 2) NOT NULL,
+    status text NOT NULL,
+    reason text NOT NULL
+);
+"""
+REFUNDS_BATCH_SQL = """
+INSERT INTO app.refunds
+SELECT g, order_id, timestamptz '2021-01-01 00:00:00+00' + order_id * interval '37 seconds'
+           + random() * interval '20 days',
+       round((1 + random() ^ 2 * 800)::numeric, 2),
+       (ARRAY['requested', 'approved', 'approved', 'paid', 'declined'])[1 + floor(random() * 5)::int],
+       upper(left(a.text, 1)) || substr(a.text, 2) || coalesce('. ' || b.text, '')
+FROM (SELECT g, {lo} + floor(random() * {n})::bigint AS order_id,
+             1 + floor(random() * 60000)::int AS a,
+             CASE WHEN random() < 0.3 THEN 1 + floor(random() * 60000)::int END AS b
+      FROM generate_series({c_lo}, {c_hi}) g) r
+JOIN bench_pool.phrase a ON a.i = r.a
+LEFT JOIN bench_pool.phrase b ON b.i = r.b;
+"""
+REFUNDS_INDEX_SQL = ["ALTER TABLE app.refunds ADD PRIMARY KEY (id);",
+                     "CREATE INDEX refunds_order_idx ON app.refunds (order_id);"]
+
 
 class Psql:
     """Runs SQL through the real psql against one database."""
@@ -408,9 +440,10 @@ class Psql:
 
 
 def build(db: Psql, size_bytes: int, workers: int = 2, orders_per_batch: int = ORDERS_PER_BATCH,
-          replace: bool = False, log=print) -> dict:
+          replace: bool = False, log=print, refunds: bool = False) -> dict:
     """Fills `db` with about `size_bytes` (pg_database_size, indexes included) of realistic
-    data in schema `app`. Returns a report: sizes, rows, timings, the sample's gzip ratio."""
+    data in schema `app` (plus app.refunds, ~1% of it, with `refunds`). Returns a report:
+    sizes, rows, timings, the sample's gzip ratio."""
     started = time.monotonic()
     timings = {}
     exists = db.value("SELECT count(*) FROM pg_namespace WHERE nspname = 'app'") != "0"
@@ -419,7 +452,7 @@ def build(db: Psql, size_bytes: int, workers: int = 2, orders_per_batch: int = O
             raise RuntimeError(f"database {db.dbname} already has a schema app (use --replace)")
         db.run("DROP SCHEMA app CASCADE;")
     db.run(POOLS_SQL)
-    db.run(SCHEMA_SQL)
+    db.run(SCHEMA_SQL + (REFUNDS_SCHEMA_SQL if refunds else ""))
     timings["pools_s"] = time.monotonic() - started
     base = int(db.value("SELECT pg_database_size(current_database())"))
 
@@ -430,7 +463,7 @@ def build(db: Psql, size_bytes: int, workers: int = 2, orders_per_batch: int = O
         if stop.is_set():
             return
         lo, c_per, m_per = k * n + 1, n // 10, n * 6 // 10
-        db.run(BATCH_SQL.format(
+        db.run((BATCH_SQL + (REFUNDS_BATCH_SQL if refunds else "")).format(
             seed=((k * 7919) % 100_000) / 100_000 - 0.5, lo=lo, hi=lo + n - 1, n=n,
             c_lo=k * c_per + 1, c_hi=(k + 1) * c_per, m_lo=k * m_per + 1, m_hi=(k + 1) * m_per))
 
@@ -464,14 +497,16 @@ def build(db: Psql, size_bytes: int, workers: int = 2, orders_per_batch: int = O
     timings["load_s"] = time.monotonic() - t
 
     t = time.monotonic()
-    with ThreadPoolExecutor(len(INDEX_SQL)) as pool:
+    index_sql = (INDEX_SQL[0] + REFUNDS_INDEX_SQL, *INDEX_SQL[1:]) if refunds else INDEX_SQL
+    with ThreadPoolExecutor(len(index_sql)) as pool:
         list(pool.map(lambda stmts: db.run("SET maintenance_work_mem = '512MB';\n" + "\n".join(stmts)),
-                      INDEX_SQL))
+                      index_sql))
     db.run("DROP SCHEMA bench_pool CASCADE;")
     timings["index_s"] = time.monotonic() - t
     t = time.monotonic()
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda table: db.run(f"VACUUM (ANALYZE) {table};"), TABLES))
+        list(pool.map(lambda table: db.run(f"VACUUM (ANALYZE) {table};"),
+                      TABLES + ((REFUNDS_TABLE,) if refunds else ())))
     db.run("CHECKPOINT;")
     timings["vacuum_s"] = time.monotonic() - t
     timings["total_s"] = time.monotonic() - started
@@ -526,6 +561,8 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2,
                         help="connections loading at once (default: CPUs)")
     parser.add_argument("--replace", action="store_true", help="drop an existing schema app first")
+    parser.add_argument("--refunds", action="store_true",
+                        help="add app.refunds, a small table of ~1%% of the data")
     parser.add_argument("--keep", action="store_true",
                         help="keep the throwaway cluster running until Ctrl-C")
     args = parser.parse_args(argv)
@@ -534,7 +571,8 @@ def main(argv=None):
     if args.database_url:
         host = urlsplit(args.database_url).hostname
         print(f"filling {unquote(urlsplit(args.database_url).path.lstrip('/'))} on {host}", flush=True)
-        report = build(Psql.for_url(args.database_url), size, args.workers, replace=args.replace)
+        report = build(Psql.for_url(args.database_url), size, args.workers, replace=args.replace,
+                       refunds=args.refunds)
         print("\n".join(report_lines(report)))
         return 0
 
@@ -544,7 +582,8 @@ def main(argv=None):
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in background
     with PgCluster() as pg:
         pg.create_database(args.dbname)
-        report = build(Psql(pg.bin("psql"), pg.env(), args.dbname), size, args.workers)
+        report = build(Psql(pg.bin("psql"), pg.env(), args.dbname), size, args.workers,
+                       refunds=args.refunds)
         print("\n".join(report_lines(report)), flush=True)
         if args.keep:
             print(f"kept running: {pg.url(args.dbname)}\nCtrl-C stops it and removes its files.",
