@@ -54,11 +54,17 @@ class Storage(Protocol):
     def head(self, key: str) -> Optional[StoredObject]:
         """The object's size and checksums, or None when it does not exist."""
 
-    def open(self, key: str, chunk_size: int = 1 << 20, offset: int = 0) -> "Reading":
+    def open(self, key: str, chunk_size: int = 1 << 20, offset: int = 0,
+             length: Optional[int] = None) -> "Reading":
         """The object's bytes from `offset` on, as a stream of chunks (a Reading: `start`
         says where they begin, `etag` which object they are). FileNotFoundError, at once,
         when it does not exist. A backend that can resume a read cut short does so itself,
-        from the last byte received and only from the same object."""
+        from the last byte received and only from the same object.
+        With `length` (>= 1), only the bytes [offset, offset + length): no byte past the
+        end is transferred, also when the read resumes; `start` is `offset`. Fewer bytes
+        (none, for an offset past the end) where the object ends sooner: the caller
+        counts them. ValueError for a negative offset or a length under 1 (a range of
+        nothing is a caller's mistake, and OSS cannot ask for one)."""
 
     def list(self, prefix: str) -> Iterator[StoredObject]:
         """Objects under prefix in key order."""
@@ -101,14 +107,26 @@ class Reading:
         self.close()
 
 
-def read_chunks(stream, chunk_size):
-    """Yields a readable stream's bytes chunk by chunk, closing it at the end."""
+def read_chunks(stream, chunk_size, length=None):
+    """Yields a readable stream's bytes chunk by chunk, closing it at the end; with
+    `length`, at most that many bytes."""
     with stream:
-        while True:
-            data = stream.read(chunk_size)
+        left = length
+        while left is None or left > 0:
+            data = stream.read(chunk_size if left is None else min(chunk_size, left))
             if not data:
                 return
+            if left is not None:
+                left -= len(data)
             yield data
+
+
+def check_range(offset, length):
+    """ValueError for a range no backend can read (see Storage.open)."""
+    if offset < 0:
+        raise ValueError(f"offset {offset}: a read starts at byte 0 or later")
+    if length is not None and length < 1:
+        raise ValueError(f"length {length}: a ranged read takes at least one byte")
 
 
 # OSS's rule for bucket names; oss2 refuses others with a ClientError that names neither.

@@ -11,7 +11,7 @@ import uuid
 
 from oss2.utils import Crc64
 
-from . import Deleted, Reading, StoredObject, read_chunks
+from . import Deleted, Reading, StoredObject, check_range, read_chunks
 
 PARTIAL = ".partial-"
 TAGS_SUFFIX = ".tags.json"
@@ -65,13 +65,18 @@ class DirectoryStorage:
         # No MD5 to hand: size and mtime tell one file from its replacement, as an ETag does.
         return StoredObject(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}", last_modified=st.st_mtime)
 
-    def open(self, key, chunk_size=1 << 20, offset=0):
+    def open(self, key, chunk_size=1 << 20, offset=0, length=None):
+        check_range(offset, length)
         # open now, so a missing file fails here rather than at the first chunk
         f = open(self._path(key), "rb")
         st = os.fstat(f.fileno())
-        start = offset if 0 < offset <= st.st_size else 0  # past the end: all of it
+        if length is not None:  # a range: its own bytes, none past its end
+            start = offset
+        else:
+            start = offset if 0 < offset <= st.st_size else 0  # past the end: all of it
         f.seek(start)
-        return Reading(read_chunks(f, chunk_size), start, f"{st.st_size}-{st.st_mtime_ns}", f.close)
+        return Reading(read_chunks(f, chunk_size, length), start,
+                       f"{st.st_size}-{st.st_mtime_ns}", f.close)
 
     def list(self, prefix):
         base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root

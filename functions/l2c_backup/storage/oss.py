@@ -9,7 +9,8 @@ this module as one StorageFailed that names the endpoint, the bucket and the key
 prefix) and what to do, never as an oss2 error; only the seam's own answers pass as they
 are (None, FileNotFoundError, FileExistsError, ObjectLocked). A read cut short resumes
 with a ranged GET from the last byte received, If-Match the ETag it started with, so the
-bytes handed on are all of one object.
+bytes handed on are all of one object. A read of a range (`length`) asks for its end too,
+also when it resumes, so no byte past it crosses the network.
 """
 import logging
 import threading
@@ -24,7 +25,7 @@ from tenacity import Retrying
 
 from ..errors import L2CError, StorageFailed
 from ..retry import TRANSPORT_ERRORS, describe, oss_policy, read_policy
-from . import Deleted, ObjectLocked, Reading, StoredObject
+from . import Deleted, ObjectLocked, Reading, StoredObject, check_range
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,9 @@ class OSSStorage:
                             storage_class=meta.headers.get("x-oss-storage-class", ""),
                             restore=meta.headers.get("x-oss-restore", ""))
 
-    def open(self, key, chunk_size=1 << 20, offset=0):
-        read = _ResumingRead(self, key, chunk_size, offset)
+    def open(self, key, chunk_size=1 << 20, offset=0, length=None):
+        check_range(offset, length)
+        read = _ResumingRead(self, key, chunk_size, offset, length)
         return Reading(read.chunks(), read.start, read.etag, read.close)
 
     def list(self, prefix):
@@ -364,16 +366,18 @@ def _etag(value):
 
 
 class _ResumingRead:
-    """One object read from `offset` to its end. A connection dropped mid-body is resumed
-    with a ranged GET from the last byte received, If-Match the ETag of the first answer:
-    the bytes are all of one object, or the read fails. Resuming follows
-    retry.read_policy; an attempt is a GET and its first chunk, so the count starts again
-    whenever bytes arrive: a long read survives drops that each bring bytes, and ends
-    after READ_ATTEMPTS in a row that bring none."""
+    """One object read from `offset` to its end, or to `offset + length` for a range. A
+    connection dropped mid-body is resumed with a ranged GET from the last byte received
+    (to the same end), If-Match the ETag of the first answer: the bytes are all of one
+    object, or the read fails. Resuming follows retry.read_policy; an attempt is a GET and
+    its first chunk, so the count starts again whenever bytes arrive: a long read survives
+    drops that each bring bytes, and ends after READ_ATTEMPTS in a row that bring none."""
 
-    def __init__(self, storage, key, chunk_size, offset):
+    def __init__(self, storage, key, chunk_size, offset, length=None):
         self.storage, self.key, self.chunk_size = storage, key, chunk_size
         self.stream, self.etag, self.start, self.position, self.size = None, "", 0, 0, 0
+        # One past the last byte wanted; None: the object's end.
+        self.end = offset + length if length is not None else None
         with storage._failures("read", key):
             try:
                 self.first = self._attempts(self._begin, offset)
@@ -386,8 +390,10 @@ class _ResumingRead:
         return Retrying(**read_policy())(fn, *args)
 
     def _get(self, position, if_match=""):
+        ranged = position > 0 or self.end is not None
+        last = self.end - 1 if self.end is not None else None
         return self.storage.reader.get_object(
-            self.key, byte_range=(position, None) if position > 0 else None,
+            self.key, byte_range=(position, last) if ranged else None,
             headers={"If-Match": f'"{if_match}"'} if if_match else None)
 
     def _begin(self, offset):
@@ -396,17 +402,39 @@ class _ResumingRead:
         except oss2.exceptions.ServerError as exc:
             if exc.status != 416 or offset <= 0:
                 raise
+            if self.end is not None:
+                # A range that starts past the end: none of its bytes exist. The caller
+                # counts what it gets (a section's length check says what is missing).
+                self.start = self.position = offset
+                self.etag = _etag(exc.headers.get("ETag", ""))
+                return b""
             result = self._get(0)  # an offset past the end: the object shrank, read it all
-        # OSS answers a range it does not like with the whole object (200), not an error.
-        self.start = self.position = offset if offset > 0 and result.status == 206 else 0
         self.etag = _etag(result.etag)
-        self.size = self.start + (result.content_length or 0)
+        if result.status == 206 or offset <= 0:
+            self.start = self.position = offset
+            self.size = self.start + (result.content_length or 0)
+            return self._take(result)
+        # OSS answers a range it does not like with the whole object (200), not an error:
+        # a range still gets its own bytes (skipped to, and cut at its end); an open read
+        # from an offset gets the whole object, and `start` says so.
+        if self.end is not None:
+            self.start = self.position = offset
+            self.size = min(self.end, result.content_length or 0)
+            return self._take(result, skip=offset)
+        self.start = self.position = 0
+        self.size = result.content_length or 0
         return self._take(result)
 
     def _resume(self):
         result = self._get(self.position, if_match=self.etag)
         # A server that ignored the range sent it all: pass over what was already received.
         return self._take(result, skip=self.position if result.status != 206 else 0)
+
+    def _want(self):
+        """How many bytes to read next: a chunk, or what is left of the range."""
+        if self.end is None:
+            return self.chunk_size
+        return max(0, min(self.chunk_size, self.end - self.position))
 
     def _take(self, result, skip=0):
         """Makes `result` the stream and returns its first chunk."""
@@ -416,7 +444,8 @@ class _ResumingRead:
                 if not passed:
                     raise ConnectionError("the object ended before the resume point")
                 skip -= len(passed)
-            data = result.read(self.chunk_size)
+            want = self._want()
+            data = result.read(want) if want else b""
         except BaseException:
             result.close()
             raise
@@ -434,8 +463,11 @@ class _ResumingRead:
             self.close()
 
     def _next(self):
+        want = self._want()
+        if not want:  # the range is read: the rest of a whole-object answer stays unread
+            return b""
         try:
-            data = self.stream.read(self.chunk_size)
+            data = self.stream.read(want)
         except TRANSPORT_ERRORS as exc:
             self.close()
             log.warning("%s: the connection dropped after %d of %d bytes (%s); resuming there",
