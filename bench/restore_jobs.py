@@ -154,11 +154,11 @@ def runner_env(database_url, pg_bin_dir, extra):
 USER_TABLES = r"""
 SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\_%' {only} ORDER BY 1
 """
-# Index and constraint definitions name their table; sequences' values are what a restore
-# must set. Each as one line of text, sorted.
+# Index and constraint definitions name their table; sequences' values and large objects
+# are what a restore must also set. Each as one line of text, sorted.
 DEFINITIONS = r"""
 SELECT 'index ' || indexdef FROM pg_indexes
  WHERE schemaname NOT IN ('pg_catalog', 'information_schema') {only_index}
@@ -170,6 +170,9 @@ SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_co
 UNION ALL
 SELECT 'sequence ' || schemaname || '.' || sequencename || ' ' || coalesce(last_value::text, 'null')
   FROM pg_sequences {only_sequence}
+UNION ALL
+SELECT 'large objects ' || count(*) || ' ' || coalesce(sum(hashtextextended(encode(lo_get(oid), 'hex'), 0)::numeric), 0)
+  FROM pg_largeobject_metadata {only_sequence}
 ORDER BY 1
 """
 
@@ -177,7 +180,8 @@ ORDER BY 1
 def fingerprint(cluster, dbname, only=None):
     """What a restore must bring back, as comparable text: per table its row count and the
     sum of a 64-bit hash of each row's text (order-free, one scan, no sort), the index and
-    constraint definitions and the sequences' values. `only`: one "schema.table"."""
+    constraint definitions, the sequences' values and the large objects. `only`: one
+    "schema.table" (its rows, indexes and constraints)."""
     def lit(text):
         return "'" + text.replace("'", "''") + "'"
     where = f"AND format('%I.%I', n.nspname, c.relname) = {lit(only)}" if only else ""
@@ -482,9 +486,8 @@ class Bench:
     # -- one table out of a big backup ----------------------------------------------------
 
     def one_table(self, size, prepared, table):
-        from l2c_backup.manifest import sections_of  # part A: None for a backup with no index
         c = self.cluster
-        sections = sections_of(prepared["doc"]) or []
+        sections = (prepared["doc"].get("index") or {}).get("sections") or []
         schema, _, name = table.partition(".")
         mine = [s for s in sections if s.get("kind") == "table-data"
                 and s.get("schema") == schema and s.get("table") == name]
