@@ -24,6 +24,11 @@ recorded larger than the cap, or whose trailer says it holds more SQL, is refuse
 ("member-too-large"): a gzip bomb cannot blow memory, and none of our members comes near
 (each holds one block of SQL). The streaming path inflates in MAX_OUT steps.
 
+A section of a backup (the manifest's index: pre-data, one table's data, post-data ...)
+is read alone with read_section: a ranged read of its bytes, its own members through the
+same reader, then its length, SHA-256 and SQL length checked against the index. A
+section is no whole dump, so the dump's header and completion marker are not looked for.
+
 Threads stop on the first error (raised to the caller in stream order, after the SQL
 before it), on close() (also the generator's), and when the caller's thread is stopped
 by a signal (signals.Stopped): close() sets the stop flag, every queue wait checks it,
@@ -202,11 +207,12 @@ class ObjectReader:
     order, then call finish() for the end-of-stream checks. `chunks` is the object's
     bytes (a storage Reading, or any iterable of bytes; it is iterated, and closed, on
     the reading thread). With `member_sizes` (see member_sizes()) whole members are
-    inflated by the fast engine; `crc64` computes OSS's CRC64 too. Use as a context
-    manager (or call close()): no thread outlives it."""
+    inflated by the fast engine; `crc64` computes OSS's CRC64 too; `observe` sees every
+    chunk too (verify hashes the index's sections with it). Use as a context manager (or
+    call close()): no thread outlives it."""
 
     def __init__(self, chunks, member_sizes=None, cap=BLOCK_SIZE * MEMBER_CAP_BLOCKS,
-                 crc64=False, workers=None):
+                 crc64=False, workers=None, whole_dump=True, observe=None):
         for number, size in enumerate(member_sizes or (), 1):
             if size > cap:
                 _close(chunks)
@@ -216,6 +222,9 @@ class ObjectReader:
         self.sizes = member_sizes
         self.cap = cap
         self.whole_members = member_sizes is not None
+        # False for a part of a dump (a section): no dump header, no completion marker
+        self.whole_dump = whole_dump
+        self.observe = observe  # called with every chunk read, in order, on the hash thread
         self.workers = workers or default_workers()
         self.bytes = 0  # read and hashed so far (updated by the hashing thread)
         self.members = 0  # inflated and taken by the caller
@@ -262,9 +271,11 @@ class ObjectReader:
 
     def finish(self):
         """The checks that only the end can tell: complete members, something there,
-        a whole pg_dump."""
+        a whole pg_dump (with whole_dump=False only the first)."""
         if not self.whole_members:
             self.stream.finish(self.sql.sql_bytes)
+        if not self.whole_dump:
+            return
         if self.members == 0:
             raise Broken("empty", "0 bytes")
         self.sql.finish()
@@ -363,6 +374,8 @@ class ObjectReader:
                 self._sha.update(data)
                 if self._crc is not None:
                     self._crc.update(data)
+                if self.observe is not None:
+                    self.observe(data)
                 self.bytes += len(data)
                 if cut is None:
                     if not self._put(self._out, data):
@@ -410,6 +423,147 @@ class _Members:
         if self.number < len(self.sizes):
             raise Broken("truncated", f"member {self.number + 1} ends early: {self.have} of "
                          f"its {self.sizes[self.number]} bytes (the object ends there)")
+
+
+def section_name(section):
+    """How messages name a section of the index: `table-data public.orders`, `post-data`."""
+    kind = section.get("kind", "section")
+    if kind == "table-data":
+        return f"table-data {section.get('schema')}.{section.get('table')}"
+    return kind
+
+
+def section_members(doc, section):
+    """The compressed sizes of the section's members (its slice of
+    compression.member_sizes), or None when the manifest lists none (the section is then
+    inflated as a gzip stream). Broken("index-mismatch") when the slice does not start at
+    the section's offset or does not add up to its length: the index and the member
+    sizes disagree, and neither can be trusted to cut the object."""
+    sizes = (doc.get("compression") or {}).get("member_sizes")
+    if sizes is None:
+        return None
+    name, first, count = section_name(section), section["first_member"], section["members"]
+    if count < 1 or first + count > len(sizes):
+        raise Broken("index-mismatch", f"{name}: members {first}+{count} of the "
+                     f"{len(sizes)} the manifest lists")
+    if sum(sizes[:first]) != section["offset"]:
+        raise Broken("index-mismatch", f"{name}: member {first} starts at byte "
+                     f"{sum(sizes[:first])}, the index says the section starts at "
+                     f"{section['offset']}")
+    mine = sizes[first:first + count]
+    if sum(mine) != section["length"]:
+        raise Broken("index-mismatch", f"{name}: its {count} members take {sum(mine)} "
+                     f"bytes, the index says {section['length']}")
+    return mine
+
+
+class SectionReader:
+    """One section of a backup read alone (a ranged read of its bytes): iterate for its
+    SQL in order, then finish() checks its length, SHA-256 and SQL length against the
+    index; a mismatch, or damage found on the way, is Broken naming the section. `bytes`
+    is what was read of the object so far. Use as a context manager: no thread outlives
+    it. FileNotFoundError at once when the object is not there."""
+
+    def __init__(self, storage, key, doc, section, workers=None):
+        self.section = section
+        self.name = section_name(section)
+        if section["length"] < 1:  # a gzip member takes 18 bytes or more
+            raise Broken("index-mismatch", f"{self.name}: the index says it takes "
+                         f"{section['length']} bytes")
+        sizes = section_members(doc, section)
+        chunks = storage.open(key, READ_SIZE, offset=section["offset"], length=section["length"])
+        try:
+            self._reader = ObjectReader(chunks, sizes, member_cap(doc), workers=workers,
+                                        whole_dump=False)
+        except Broken as broken:
+            raise self._named(broken) from None
+
+    bytes = property(lambda self: self._reader.bytes)
+    sql_bytes = property(lambda self: self._reader.sql_bytes)
+    sha256 = property(lambda self: self._reader.sha256)
+
+    def _named(self, broken):
+        return Broken(broken.reason, f"{self.name} (bytes {self.section['offset']:,}+"
+                      f"{self.section['length']:,} of the object): {broken.detail}")
+
+    def __iter__(self):
+        try:
+            yield from self._reader
+        except Broken as broken:
+            raise self._named(broken) from None
+
+    def finish(self):
+        section = self.section
+        try:
+            self._reader.finish()
+            if self.bytes != section["length"]:
+                raise Broken("truncated", f"read {self.bytes} of its {section['length']} "
+                             "bytes (the object ends there)")
+            if self.sha256 != section["sha256"]:
+                raise Broken("sha256-mismatch", f"read SHA-256 {self.sha256}, the index "
+                             f"says {section['sha256']}")
+            if self.sql_bytes != section["sql_length"]:
+                raise Broken("index-mismatch", f"{self.sql_bytes} bytes of SQL, the index "
+                             f"says {section['sql_length']}")
+        except Broken as broken:
+            raise self._named(broken) from None
+
+    def close(self):
+        self._reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_section(storage, key, doc, section, workers=None):
+    """A SectionReader of `section` (an entry of doc's index) of the backup `key`:
+
+        with read_section(storage, key, doc, section) as sql:
+            for piece in sql:
+                ...
+            sql.finish()
+    """
+    return SectionReader(storage, key, doc, section, workers)
+
+
+class SectionsReader:
+    """Several sections read one after the other, in the order given (e.g. a table's
+    pre-data, its data, the sequence values, the post-data): iterate for (section, SQL
+    piece); each section is checked (finish) before the next is opened, so a damaged one
+    raises before any SQL of the next. `bytes` counts what was read of the object."""
+
+    def __init__(self, storage, key, doc, sections, workers=None):
+        self.storage, self.key, self.doc, self.workers = storage, key, doc, workers
+        self.sections = list(sections)
+        self._done_bytes = self._done_sql = 0
+        self._current = None
+
+    @property
+    def bytes(self):
+        return self._done_bytes + (self._current.bytes if self._current else 0)
+
+    @property
+    def sql_bytes(self):
+        return self._done_sql + (self._current.sql_bytes if self._current else 0)
+
+    def __iter__(self):
+        for section in self.sections:
+            with read_section(self.storage, self.key, self.doc, section, self.workers) as reader:
+                self._current = reader
+                for piece in reader:
+                    yield section, piece
+                reader.finish()
+                self._done_bytes += reader.bytes
+                self._done_sql += reader.sql_bytes
+                self._current = None
+
+
+def read_sections(storage, key, doc, sections, workers=None):
+    """A SectionsReader: `for section, sql in read_sections(...)`."""
+    return SectionsReader(storage, key, doc, sections, workers)
 
 
 def _close(chunks):
