@@ -22,6 +22,7 @@ from .database import Snapshot, inspect, list_databases
 from .dump import PgDump, check_dump_compatible, find_pg_tool, globals_dump, pg_tool_version
 from .errors import BackupTimeout, DumpFailed, EventInvalid, L2CError, StorageFailed, UploadFailed
 from .logs import bound
+from .sections import IndexBuilder, Sectioner
 from .signals import wake_on_stop
 from .storage import open_storage
 
@@ -56,8 +57,10 @@ class _Meter:
     """Counts and hashes the compressed stream on its way to storage, and enforces the
     time budget between chunks (so a stuck upload or dump cannot run past FC's timeout)."""
 
-    def __init__(self, deadline, progress, on_first_chunk=None):
+    def __init__(self, deadline, progress, on_first_chunk=None, sectioner=None):
         self.on_first_chunk = on_first_chunk  # pg_dump has started: its snapshot is taken
+        self.sectioner = sectioner  # a database dump's: the table index is built here
+        self.index = IndexBuilder(sectioner) if sectioner else None
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.members = 0
@@ -79,6 +82,8 @@ class _Meter:
             self.size += len(member)
             self.members += 1
             self.member_sizes.append(len(member))
+            if self.index:
+                self.index.add(member)
             if self.deadline and time.monotonic() > self.deadline:
                 raise self.timeout()
             if self.progress:
@@ -359,7 +364,8 @@ def _backup_stream(config, storage, kind, key, settings, info, tool_version, pro
     with bound(key=key):
         log.info("backing up %s of %s (%d bytes on disk) to %s", content, settings.dbname,
                  info.database_size, location)
-        meter = _Meter(deadline, progress, on_first_chunk)
+        meter = _Meter(deadline, progress, on_first_chunk,
+                       Sectioner() if content == "database" and config.table_index else None)
         with process, _Watchdog(deadline, process) as watchdog, \
                 wake_on_stop(lambda: _end_dump(process)):
             try:
@@ -412,8 +418,10 @@ def _remove_object(storage, key, manifest_key):
 
 
 def _store(storage, key, process, meter, config, expected_size, overwrite):
-    members = gzip_members(process.chunks(), config.gzip_level, config.gzip_workers or None,
-                           BLOCK_SIZE)
+    chunks = process.chunks()
+    if meter.sectioner:  # each section starts a member: the table index (sections.py)
+        chunks = meter.sectioner.pieces(chunks)
+    members = gzip_members(chunks, config.gzip_level, config.gzip_workers or None, BLOCK_SIZE)
     with contextlib.closing(members):  # stops the compression threads on any failure
         return _storage(storage, storage.put_stream, key, meter.wrap(members, process),
                         expected_size, overwrite=overwrite)
@@ -450,7 +458,10 @@ def _manifest(config, storage, kind, key, settings, info, pg_dump_version, store
               sql_bytes, started_at, started, request_id, content):
     finished_at = names.now()
     oss = config.oss
-    return {
+    index = meter.index.index() if meter.index else None
+    if meter.index and index is None:  # a fine backup still, restored whole
+        log.warning("no table index for %s: %s", key, meter.index.broken or "no sections")
+    document = {
         "format": manifest.FORMAT, "kind": kind, "content": content, "key": key,
         "storage": storage.url, "database": settings.dbname,
         "object": {"size": stored.size, "sha256": meter.sha256.hexdigest(),
@@ -472,3 +483,6 @@ def _manifest(config, storage, kind, key, settings, info, pg_dump_version, store
         "request_id": request_id,
         "tool": {"name": "l2c-backup", "version": __version__},
     }
+    if index:
+        document["index"] = index
+    return document

@@ -17,6 +17,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from . import deflate_engine
+from .sections import CUT
 
 BLOCK_SIZE = 4 * 1024 * 1024
 
@@ -25,6 +26,8 @@ def gzip_members(chunks, level=6, workers=None, block_size=BLOCK_SIZE):
     """Compress an iterable of byte chunks into gzip members, yielded in input order.
 
     Chunks may be any size; they are re-blocked into `block_size` blocks, one member each.
+    A `sections.CUT` among the chunks ends the block being filled early, so that the
+    next chunk starts a member (the table index: sections.py).
     At most 2 * `workers` blocks are in flight (read but not yet yielded), plus the
     partial block being filled, whatever the size of the input.
 
@@ -67,6 +70,12 @@ def _blocks(chunks, block_size):
     buffer = bytearray()
     produced = False
     for chunk in chunks:
+        if chunk is CUT:
+            if buffer:
+                yield buffer
+                buffer = bytearray()
+                produced = True
+            continue
         view = memoryview(chunk)
         # Slice big chunks rather than appending them whole: one huge chunk must not
         # double in memory or be shifted block by block.

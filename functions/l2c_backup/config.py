@@ -8,6 +8,7 @@ from typing import Optional
 
 import jsonschema
 
+from .compress import default_workers
 from .database import DatabaseSettings
 from .errors import ConfigInvalid
 from .logs import register_secret
@@ -65,6 +66,8 @@ ENV_SCHEMA = {
         "DRILL_DATABASE_URL": {"type": "string", "pattern": "^postgres(ql)?://",
                                "description": "a URL of the server that hosts drill databases"},
         "DRILL_CHECKS": {"type": "string", "description": "a JSON list of SQL checks"},
+        "DRILL_RESTORE_JOBS": {"type": "string", "pattern": "^([1-9]|[12][0-9]|3[0-2])$",
+                               "description": "1 to 32 psql sessions for the drill's restore"},
         "RTO_SECONDS": _COUNT,
         "WATCHDOG_KINDS": {"type": "string", "pattern": "^(daily|weekly)(,(daily|weekly))?$",
                            "description": "daily, weekly or daily,weekly"},
@@ -162,6 +165,7 @@ class BackupConfig:
     timeout_seconds: int = 0  # 0 = no budget (CLI); FC sets its function timeout minus a margin
     keep: dict = field(default_factory=dict)  # kind -> backups kept by the prune
     prune_after_backup: bool = True
+    table_index: bool = True  # cut sections and index them (restore --table / --jobs)
 
     def __repr__(self):
         return f"BackupConfig(database={self.database!r}, target={self.target!r}, oss={self.oss!r})"
@@ -238,6 +242,12 @@ def grace_seconds(environ):
     return setting(environ, "WATCHDOG_GRACE_HOURS", DEFAULT_GRACE_SECONDS / HOUR, float) * HOUR
 
 
+def drill_restore_jobs(environ=None):
+    """DRILL_RESTORE_JOBS: sessions of the drill's `--jobs` restore; default the CPUs this
+    process can use (the restore's psql sessions and its reading share them)."""
+    return setting(environ, "DRILL_RESTORE_JOBS", None, int) or min(default_workers(), 32)
+
+
 def manifest_wait(environ, default):
     """VERIFY_MANIFEST_WAIT_SECONDS: how long verify waits for a manifest still missing."""
     return setting(environ, "VERIFY_MANIFEST_WAIT_SECONDS", default, int)
@@ -261,4 +271,5 @@ def load(environ=None, database_url=None, target=None, credentials=None):
         gzip_workers=int(environ.get("GZIP_WORKERS", 0)),
         timeout_seconds=int(environ.get("BACKUP_TIMEOUT_SECONDS", 0)),
         keep=keep_counts(environ, target),
-        prune_after_backup=_flag(environ.get("PRUNE_AFTER_BACKUP", "true")))
+        prune_after_backup=_flag(environ.get("PRUNE_AFTER_BACKUP", "true")),
+        table_index=_flag(environ.get("BACKUP_TABLE_INDEX", "true")))

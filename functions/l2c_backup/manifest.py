@@ -59,6 +59,23 @@ MANIFEST_SCHEMA = {
             "kms_key_id": {"type": ["string", "null"]}}},
         "request_id": _TEXT,
         "tool": {"type": "object", "required": ["name", "version"]},
+        # sections.py: where each section (pre-data, a table's data, ...) is in the object
+        "index": {"type": "object", "required": ["format", "sections"], "properties": {
+            "format": {"const": 1},
+            "sections": {"type": "array", "minItems": 1, "items": {
+                "type": "object",
+                "required": ["kind", "offset", "length", "sql_offset", "sql_length",
+                             "first_member", "members", "sha256"],
+                "properties": {
+                    "kind": {"enum": ["pre-data", "table-data", "sequence-values",
+                                      "large-objects", "post-data"]},
+                    "schema": _TEXT, "table": _TEXT, "rows": _SIZE,
+                    "offset": _SIZE, "length": {"type": "integer", "minimum": 1},
+                    "sql_offset": _SIZE, "sql_length": {"type": "integer", "minimum": 1},
+                    "first_member": _SIZE, "members": {"type": "integer", "minimum": 1},
+                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+                "if": {"properties": {"kind": {"const": "table-data"}}},
+                "then": {"required": ["schema", "table", "rows"]}}}}},
     },
 }
 
@@ -79,7 +96,44 @@ def validate(manifest):
     if sizes is not None and compression.get("members", len(sizes)) != len(sizes):
         raise ValueError(f"manifest field compression/member_sizes: {len(sizes)} sizes "
                          f"for {compression['members']} members")
+    if "index" in manifest:
+        _check_index(manifest)
     return manifest
+
+
+def _check_index(manifest):
+    """Readers take a section's bytes by its offsets and inflate its members alone: the
+    sections must tile the object, the SQL and the members, in order."""
+    sections = manifest["index"]["sections"]
+    sizes = manifest["compression"].get("member_sizes")
+    offset = sql_offset = member = 0
+    for number, section in enumerate(sections):
+        where = f"manifest field index/sections/{number}"
+        if (section["offset"], section["sql_offset"], section["first_member"]) != (offset, sql_offset, member):
+            raise ValueError(f"{where}: starts at byte {section['offset']}, SQL byte "
+                             f"{section['sql_offset']}, member {section['first_member']}; "
+                             f"the section before it ends at {offset}, {sql_offset}, {member}")
+        if sizes is not None:
+            taken = sizes[member:member + section["members"]]
+            if len(taken) != section["members"] or sum(taken) != section["length"]:
+                raise ValueError(f"{where}: its {section['members']} members do not take "
+                                 f"its {section['length']} bytes")
+        offset += section["length"]
+        sql_offset += section["sql_length"]
+        member += section["members"]
+    if (offset, sql_offset) != (manifest["object"]["size"], manifest["sql_bytes"]):
+        raise ValueError(f"manifest field index/sections: they take {offset} bytes and "
+                         f"{sql_offset} of SQL; the object has {manifest['object']['size']} "
+                         f"and {manifest['sql_bytes']}")
+    if member != manifest["compression"].get("members", member):
+        raise ValueError(f"manifest field index/sections: they take {member} members of "
+                         f"{manifest['compression']['members']}")
+
+
+def sections_of(doc):
+    """The index's sections (see sections.py), or None for a backup made without one."""
+    index = (doc or {}).get("index")
+    return index["sections"] if index else None
 
 
 def dumps(manifest):

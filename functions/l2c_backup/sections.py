@@ -1,0 +1,234 @@
+"""Cutting a plain pg_dump stream into sections, for the table index of a backup.
+
+A restore of one table, or of many tables at once over several connections, needs to
+find a table's data without inflating everything before it. So while the SQL flows to
+the compressor, the Sectioner finds pg_dump's entry headers
+
+    --
+    -- Data for Name: orders; Type: TABLE DATA; Schema: sales; Owner: app
+    --
+
+and ends the gzip member being filled at every section boundary (a CUT between the
+chunks it passes on). Each section then starts a member of its own, and its bytes can be
+read with one ranged GET and inflated alone. The SQL itself is passed on unchanged: the
+object is still one .sql.gz that `gunzip | psql` restores as before.
+
+The sections, in dump order (pg_dump prints pre-data, data, post-data, then the ACL pass):
+- pre-data: from the first byte to the first data or post-data entry;
+- table-data: one per TABLE DATA entry, its `COPY ... FROM stdin;` up to `\\.` and the
+  blank lines after; `rows` counts the COPY lines;
+- sequence-values: a run of SEQUENCE SET entries (setval);
+- large-objects: a run of BLOBS entries (pg_dump's BEGIN; lo_open / lowrite ...; COMMIT;);
+- post-data: from the first other entry after the data (or the first post-data entry) to
+  the end: indexes, constraints, triggers, ACLs, matview refreshes, the completion line.
+
+Inside a COPY block only the `\\.` line ends it, so rows that read like a header stay data.
+Memory: the undecided tail of the SQL outside COPY data (a few lines) and nothing else.
+"""
+import hashlib
+import re
+
+CUT = object()  # between chunks: end the member here, the next byte starts a section
+
+PRE_DATA, TABLE_DATA, SEQUENCE_VALUES, LARGE_OBJECTS, POST_DATA = (
+    "pre-data", "table-data", "sequence-values", "large-objects", "post-data")
+KINDS = (PRE_DATA, TABLE_DATA, SEQUENCE_VALUES, LARGE_OBJECTS, POST_DATA)
+
+# The data entries by their header's Type (pg_dump 17+ names a group of large objects
+# "LARGE OBJECTS a..b" but its Type stays BLOBS).
+_DATA_TYPES = {"TABLE DATA": TABLE_DATA, "SEQUENCE SET": SEQUENCE_VALUES,
+               "BLOBS": LARGE_OBJECTS, "LARGE OBJECTS": LARGE_OBJECTS}
+# Types pg_dump puts in its post-data section or its ACL passes: one of these ends the
+# pre-data even in a dump without any data entry.
+POST_DATA_TYPES = frozenset({
+    "INDEX", "INDEX ATTACH", "CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER",
+    "EVENT TRIGGER", "RULE", "POLICY", "ROW SECURITY", "MATERIALIZED VIEW DATA",
+    "PUBLICATION TABLE", "PUBLICATION TABLES IN SCHEMA", "SUBSCRIPTION TABLE", "ACL",
+    "DEFAULT ACL", "STATISTICS DATA"})
+
+HEADER = re.compile(rb"^--\n-- (?P<data>Data for )?Name: (?P<name>[^\n]*?); Type: (?P<type>[^\n]*?); "
+                    rb"Schema: (?P<schema>[^\n]*?); Owner: [^\n]*\n--\n", re.M)
+_COPY_LINE_MAX = 1 << 20  # a COPY line longer than this is no COPY line
+_UNDECIDED_LINES = 3  # a header is three lines: one may begin in the last three
+
+
+class Sectioner:
+    """Passes a dump's chunks on with a CUT before every section; `sections` lists them
+    (dicts: kind, schema and table for table-data, rows, sql_offset, sql_length)."""
+
+    def __init__(self):
+        self.sections = []
+        self.sql_bytes = 0  # passed on so far
+        self._state = "sql"  # or "copy line", "rows": a table's COPY line, its rows
+        self._line_start = True  # in "rows": whether the undecided tail starts a line
+        self._pending = b""
+        self._kind = None  # of the section being passed on
+
+    def pieces(self, chunks):
+        for chunk in chunks:
+            # COPY rows leave a tail of at most three bytes: join only when there is one
+            yield from self._feed(self._pending + chunk if self._pending else chunk)
+        rest, self._pending = self._pending, b""
+        if rest:
+            yield from self._emit(rest)
+        self._close_last()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _feed(self, buf):
+        pos = 0
+        while pos < len(buf):
+            if self._state == "copy line":  # after a TABLE DATA header: its COPY line
+                line_end = buf.find(b" FROM stdin;\n", pos)
+                if line_end < 0:
+                    if len(buf) - pos > _COPY_LINE_MAX:  # no COPY (--inserts?): plain SQL
+                        self._state = "sql"
+                        continue
+                    break
+                stop = line_end + len(b" FROM stdin;\n")
+                yield from self._emit(buf[pos:stop])
+                pos, self._state, self._line_start = stop, "rows", True
+                continue
+            if self._state == "rows":
+                pos = yield from self._rows(buf, pos)
+                if self._state == "rows":
+                    break
+                continue
+            if not self.sections:
+                self._open(PRE_DATA)
+            found = HEADER.search(buf, pos)
+            if found is None:
+                cut = _undecided_from(buf, pos)
+                yield from self._emit(buf[pos:cut])
+                pos = cut
+                break
+            yield from self._emit(buf[pos:found.start()])
+            kind = self._kind_of(found)
+            if kind is not None:
+                yield CUT
+                self._open(kind, found)
+            yield from self._emit(buf[found.start():found.end()])
+            pos = found.end()
+            if kind == TABLE_DATA:
+                self._state = "copy line"
+        self._pending = buf[pos:]
+
+    def _rows(self, buf, pos):
+        """Passes COPY rows on up to and including the `\\.` line; returns where it
+        stopped: after that line (state "sql" again), or before an undecided tail."""
+        if self._line_start and buf.startswith(b"\\.\n", pos):
+            end = pos
+        else:
+            end = buf.find(b"\n\\.\n", pos)
+            end = end + 1 if end >= 0 else -1
+        section = self.sections[-1]
+        if end < 0:
+            keep = max(pos, len(buf) - 3)  # "\n\\." may end this chunk
+            section["rows"] += buf.count(b"\n", pos, keep)
+            yield from self._emit(memoryview(buf)[pos:keep])  # no copy of the rows
+            if keep > pos:
+                self._line_start = buf[keep - 1:keep] == b"\n"
+            return keep
+        section["rows"] += buf.count(b"\n", pos, end)
+        yield from self._emit(memoryview(buf)[pos:end + 3])
+        self._state = "sql"
+        return end + 3
+
+    def _kind_of(self, header):
+        """The kind of section this entry starts, or None when it continues the current."""
+        entry_type = header["type"].decode("utf-8", "replace")
+        kind = _DATA_TYPES.get(entry_type)
+        if kind == TABLE_DATA:
+            return TABLE_DATA
+        if kind is None:  # a definition
+            if self._kind == PRE_DATA and entry_type not in POST_DATA_TYPES:
+                return None
+            kind = POST_DATA
+        return None if kind == self._kind else kind
+
+    def _open(self, kind, header=None):
+        self._close_last()
+        section = {"kind": kind, "sql_offset": self.sql_bytes}
+        if kind == TABLE_DATA:
+            section.update(schema=_text(header["schema"]), table=_text(header["name"]), rows=0)
+        self.sections.append(section)
+        self._kind = kind
+
+    def _close_last(self):
+        if self.sections and "sql_length" not in self.sections[-1]:
+            last = self.sections[-1]
+            last["sql_length"] = self.sql_bytes - last["sql_offset"]
+
+    def _emit(self, data):
+        if data:
+            self.sql_bytes += len(data)
+            yield data
+
+
+def _text(raw):
+    return raw.decode("utf-8", "replace")
+
+
+def _undecided_from(buf, pos):
+    cut = len(buf)
+    for _ in range(_UNDECIDED_LINES):
+        cut = buf.rfind(b"\n", pos, cut)
+        if cut < 0:
+            return pos
+    return cut + 1
+
+
+class IndexBuilder:
+    """Builds the manifest's index as the members go to storage: where each section
+    starts in the object (its first member), its length and the SHA-256 of its bytes,
+    so that a ranged read of one section can be checked on its own."""
+
+    def __init__(self, sectioner):
+        self.sectioner = sectioner
+        self.entries = []
+        self.offset = 0  # bytes of the object so far
+        self.sql_offset = 0  # SQL in the members so far (each member's ISIZE: < 4 GiB)
+        self.members = 0
+        self.broken = ""  # why no index can be given (a boundary inside a member)
+        self._sha = None
+
+    def add(self, member):
+        sections = self.sectioner.sections
+        starting = len(self.entries)
+        if starting < len(sections) and sections[starting]["sql_offset"] <= self.sql_offset:
+            if sections[starting]["sql_offset"] < self.sql_offset and not self.broken:
+                self.broken = (f"section {starting} starts at SQL byte "
+                               f"{sections[starting]['sql_offset']}, inside a member")
+            self._close()
+            self.entries.append({"offset": self.offset, "first_member": self.members})
+            self._sha = hashlib.sha256()
+        if self._sha is not None:
+            self._sha.update(member)
+        self.offset += len(member)
+        self.sql_offset += int.from_bytes(member[-4:], "little")
+        self.members += 1
+
+    def index(self):
+        """The manifest's "index", or None (with the reason in `broken`) when the
+        sections and the members do not line up."""
+        self._close()
+        sections = self.sectioner.sections
+        if not self.broken and len(self.entries) != len(sections):
+            self.broken = f"{len(sections)} sections but {len(self.entries)} started a member"
+        if not self.broken and self.sql_offset != self.sectioner.sql_bytes:
+            self.broken = f"members hold {self.sql_offset} bytes of SQL, the dump {self.sectioner.sql_bytes}"
+        if self.broken or not sections:
+            return None
+        out = []
+        for section, entry in zip(sections, self.entries):
+            out.append(dict(section, **entry))
+        return {"format": INDEX_FORMAT, "sections": out}
+
+    def _close(self):
+        if self.entries and "sha256" not in self.entries[-1]:
+            last = self.entries[-1]
+            last.update(length=self.offset - last["offset"],
+                        members=self.members - last["first_member"], sha256=self._sha.hexdigest())
+
+
+INDEX_FORMAT = 1
