@@ -15,6 +15,8 @@ and makes compression look free), then measures, one after the other on the same
   (d) l2c-backup to local OSS      run_backup to `l2c-backup oss-server` in its own process
   (e) l2c zlib -6 -> local OSS     (d) as it ran before issue 13: L2C_DEFLATE_ENGINE=zlib,
                                    GZIP_LEVEL=6 (today's CPU per GB is measured against it)
+  (f) l2c without table index      (d) with BACKUP_TABLE_INDEX=false: what cutting the
+                                   sections into members and indexing them costs (issue 14)
 
 Every row has its wall ratio to (0) and to (a) of the same size. A second table prices
 each row on FC (fc_cost.py) at the backup function's size in template.yml / s.yaml: CPU
@@ -74,11 +76,12 @@ TARGET_VS_GZIP = 0.4  # wall <= 0.4x (a) pg_dump | gzip -6
 TARGET_SIZE_SLACK = 0.02  # output within 2% of (a)'s
 TARGET_RSS_MB = 150  # peak RSS below, at every size (c and d)
 TARGET_CPU_VS_ZLIB = 0.5  # CPU seconds per GB of SQL at most half of (e)'s
+TARGET_INDEX_COST = 0.03  # issue 14: the section cuts and their index cost almost nothing
 NOISY_CORES = 0.1  # a run during which others used more than this many CPUs is run again
 
 LABELS = {"0": "(0) pg_dump > /dev/null", "a": "(a) pg_dump | gzip -6", "b": "(b) pg_dump | pigz -6",
           "c": "(c) l2c-backup -> dir", "d": "(d) l2c-backup -> local OSS",
-          "e": "(e) l2c zlib -6 -> local OSS"}
+          "e": "(e) l2c zlib -6 -> local OSS", "f": "(f) l2c -> local OSS, no table index"}
 
 
 @dataclass
@@ -379,6 +382,8 @@ def measure_size(children, workdir, size_gb, database_url, pg_dump, postmaster_p
         to_oss("d", {})
     if "e" in variants:
         to_oss("e", {"L2C_DEFLATE_ENGINE": "zlib", "GZIP_LEVEL": "6"})
+    if "f" in variants:  # issue 14: what cutting and indexing the sections costs
+        to_oss("f", {"BACKUP_TABLE_INDEX": "false"})
     return results
 
 
@@ -481,6 +486,12 @@ def verdicts(results):
             out.append(f"- {size:g} GB: (d) CPU {d.cpu / gb:.1f} s/GB of SQL = {ratio:.2f}x (e) zlib -6's "
                        f"{e.cpu / gb:.1f} s/GB (target <= {TARGET_CPU_VS_ZLIB}): "
                        f"{verdict(ratio <= TARGET_CPU_VS_ZLIB)}")
+        f = by.get((size, LABELS["f"]))
+        if d and f:
+            wall, cpu = d.wall / f.wall - 1, d.cpu / f.cpu - 1
+            out.append(f"- {size:g} GB: (d) with the table index {wall:+.1%} wall, {cpu:+.1%} CPU "
+                       f"vs (f) without (target within {TARGET_INDEX_COST:.0%}): "
+                       f"{verdict(wall <= TARGET_INDEX_COST)}")
         for key in "cd":
             r = by.get((size, LABELS[key]))
             if r:
