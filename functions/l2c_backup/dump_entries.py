@@ -169,7 +169,7 @@ def _words(sql, pos):
         pos = found.end()
 
 
-def _name_after(sql, keywords, start=0, skip=("ONLY",)):
+def name_after(sql, keywords, start=0, skip=("ONLY",)):
     """The qualified name that follows the sequence of bare `keywords` (searched from
     `start`, outside quotes), skipping words in `skip` (ONLY, IF EXISTS ...)."""
     wanted = list(keywords)
@@ -219,26 +219,26 @@ def relation_of(entry):
         return (entry.schema, entry.name) if entry.schema else None
     if kind == "SEQUENCE":  # an identity column's: ALTER TABLE t ALTER COLUMN c ADD GENERATED
         if re.match(rb"\s*ALTER TABLE ", body):
-            return _pair(_name_after(body, ("TABLE",)))
+            return _pair(name_after(body, ("TABLE",)))
         return None
     if kind in ("COMMENT", "SECURITY LABEL"):
         for what in ("TABLE", "FOREIGN TABLE"):
             if entry.name.startswith(what + " "):
-                return _pair(_name_after(body, what.split()))
+                return _pair(name_after(body, what.split()))
         if entry.name.startswith("COLUMN "):
-            return _pair(_name_after(body, ("COLUMN",))[:2])
+            return _pair(name_after(body, ("COLUMN",))[:2])
         if entry.name.startswith(("CONSTRAINT ", "TRIGGER ", "POLICY ", "RULE ")):
             return _pair(_last_on(body))
         return None
     if kind == "ACL":
         if entry.name.startswith(("TABLE ", "COLUMN ", "FOREIGN TABLE ")):
-            return _pair(_name_after(body, ("TABLE",)))
+            return _pair(name_after(body, ("TABLE",)))
         return None
     if kind in _TABLE_AFTER:
         opener, keywords = _TABLE_AFTER[kind]
         if not re.match(rb"\s*" + opener, body):
             return None
-        name = _name_after(body, keywords)
+        name = name_after(body, keywords)
         if kind == "SEQUENCE OWNED BY":
             name = name[:2]  # schema.table.column
         return _pair(name)
