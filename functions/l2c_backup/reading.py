@@ -224,7 +224,7 @@ class ObjectReader:
         self.whole_members = member_sizes is not None
         # False for a part of a dump (a section): no dump header, no completion marker
         self.whole_dump = whole_dump
-        self.observe = observe  # called with every chunk read, in order, on the hash thread
+        self.observe = observe  # called with every chunk read, in order, on the read thread
         self.workers = workers or default_workers()
         self.bytes = 0  # read and hashed so far (updated by the hashing thread)
         self.members = 0  # inflated and taken by the caller
@@ -356,6 +356,8 @@ class ObjectReader:
     def _reading(self):
         try:
             for data in self.chunks:
+                if self.observe is not None:  # here: reading waits, hashing is busy
+                    self.observe(data)
                 if not self._put(self._read, data):
                     return
             self._put(self._read, _END)
@@ -374,8 +376,6 @@ class ObjectReader:
                 self._sha.update(data)
                 if self._crc is not None:
                     self._crc.update(data)
-                if self.observe is not None:
-                    self.observe(data)
                 self.bytes += len(data)
                 if cut is None:
                     if not self._put(self._out, data):

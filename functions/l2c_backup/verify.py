@@ -3,10 +3,14 @@
 Checks, with bounded memory, reading, hashing and inflating at once (reading.py): every
 gzip member decodes with the right CRC32 and length and nothing trails them; the SQL
 starts like a pg_dump and ends with its completion marker; size and CRC64 match what storage reports; SHA-256 and size match the
-manifest (waited for briefly: it is written just after the object). The verdict goes on
+manifest (waited for briefly: it is written just after the object); where the manifest
+holds a table index (issue 14), the index against the object too (IndexCheck: every
+section's SHA-256, boundaries on members, sections in order tiling object and SQL, each
+section's first statement of its kind), as the object is read once. The verdict goes on
 the object as tags (`verify=ok|failed`, `verify-reason=<code>`) and into
 `<key>.verify.json`; a failed one raises an urgent alert.
 """
+import hashlib
 import json
 import logging
 import time
@@ -16,9 +20,10 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from . import alerts, archive, manifest, names
 from .deflate_engine import ENGINE
+from .dump_entries import qualified_name
 from .errors import BackupNotFound
 from .logs import bound
-from .reading import READ_SIZE, Broken, ObjectReader, member_cap, member_sizes
+from .reading import READ_SIZE, Broken, ObjectReader, member_cap, member_sizes, section_name
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,8 @@ REASONS = {
     "manifest-missing": "no manifest appeared beside the object",
     "manifest-invalid": "the manifest is not valid",
     "sha256-mismatch": "the SHA-256 differs from the manifest's",
+    "index-mismatch": "the manifest's table index does not match the object (a section's "
+                      "bytes, members, SQL or first statement are not what it says)",
 }
 
 
@@ -114,10 +121,12 @@ def check_object(storage, key, manifest_wait_seconds=60, whole_members=True):
             reading = storage.open(key, READ_SIZE)
         except FileNotFoundError:  # deleted since the HEAD above
             raise not_found(storage, key) from None
+        index = IndexCheck.of(doc)
         # CRC64 only where storage reports one (a directory does not): nothing to compare
-        reader = ObjectReader(reading, sizes, member_cap(doc or {}), crc64=bool(info.crc64))
+        reader = ObjectReader(reading, sizes, member_cap(doc or {}), crc64=bool(info.crc64),
+                              observe=index.see_bytes if index else None)
         with reader:
-            reader.run()
+            reader.run(index.see_sql if index else None)
         if reader.bytes != info.size:
             raise Broken("size-mismatch", f"read {reader.bytes}, storage says {info.size}")
         if info.crc64 and reader.crc64 != info.crc64:
@@ -125,6 +134,10 @@ def check_object(storage, key, manifest_wait_seconds=60, whole_members=True):
         if unusable is not None:
             raise unusable
         _check_against(doc, reader.sha256, reader.bytes)
+        if index:
+            # after the object's own checks: damage to the object tells more
+            index.finish(reader.sql_bytes)
+            verdict.extra["sections"] = len(index.sections)
     except Broken as broken:
         verdict.reason, verdict.detail = broken.reason, broken.detail
     finally:
@@ -156,6 +169,201 @@ def _check_against(doc, sha256, size):
         raise Broken("sha256-mismatch", f"read {sha256}, manifest says {doc['object']['sha256']}")
     if doc["object"]["size"] != size:
         raise Broken("size-mismatch", f"read {size} bytes, manifest says {doc['object']['size']}")
+
+
+# How far into a section's SQL its first statement is looked for: pg_dump's entry header
+# and a COPY line with every column name fit in far less.
+SECTION_PEEK = 64 * 1024
+DATA_ENTRY_TYPES = (b"TABLE DATA", b"SEQUENCE SET", b"BLOBS")
+SECTION_KINDS = ("pre-data", "table-data", "sequence-values", "large-objects", "post-data")
+
+
+class IndexCheck:
+    """The manifest's table index held against the object while verify reads it once:
+    `see_bytes` (every chunk, on the hash thread) hashes each section's bytes,
+    `see_sql` (the SQL in order) keeps the first bytes of each section's SQL, `finish`
+    says what does not match as Broken("index-mismatch") naming the section. The layout
+    (sections in order, tiling the object and the SQL, each on a member boundary) is
+    checked before any byte is read; a layout that does not hold is reported at finish,
+    after the object's own checks, and its sections are then not hashed."""
+
+    @classmethod
+    def of(cls, doc):
+        """An IndexCheck for doc's index, or None when it has none (older backups)."""
+        sections = manifest.sections_of(doc) if doc is not None else None
+        return cls(doc, sections) if sections is not None else None
+
+    def __init__(self, doc, sections):
+        self.sections = sections
+        self.problem = self._layout(doc, sections)
+        self._hashes = [hashlib.sha256() for _ in sections]
+        self._at = 0  # the section the next object byte belongs to
+        self._left = sections[0]["length"] if sections and not self.problem else 0
+        self._sql_at = 0  # SQL seen so far
+        self._peeks = {}  # section number -> its first SQL bytes, while still filling
+        self._starts = {}  # section number -> its first SQL bytes (SECTION_PEEK at most)
+        self._next_start = 0  # the next section whose SQL start is still to come
+
+    @staticmethod
+    def _layout(doc, sections):
+        """What is wrong with the layout (a Broken), or None."""
+        def wrong(number, text):
+            section = sections[number]
+            return Broken("index-mismatch", f"section {number} ({section_name(section)}): {text}")
+
+        if not sections:
+            return Broken("index-mismatch", "the index lists no section")
+        sizes = (doc.get("compression") or {}).get("member_sizes")
+        if sizes is None:
+            return Broken("index-mismatch", "the manifest lists no member sizes to hold the "
+                          "index against")
+        starts = [0]  # byte offset of every member, and of the object's end
+        for size in sizes:
+            starts.append(starts[-1] + size)
+        offset = sql_offset = member = 0
+        for number, section in enumerate(sections):
+            kind = section.get("kind")
+            if kind not in SECTION_KINDS:
+                return wrong(number, f"unknown kind {kind!r}")
+            if (kind == "pre-data") != (number == 0):
+                return wrong(number, "pre-data comes first, and only there")
+            if kind == "post-data" and number != len(sections) - 1:
+                return wrong(number, "post-data comes last")
+            if kind == "table-data" and not (section.get("schema") and section.get("table")):
+                return wrong(number, "a table-data section names no table")
+            if section["offset"] != offset:
+                return wrong(number, f"starts at byte {section['offset']}, the section "
+                             f"before it ends at {offset}")
+            if section["sql_offset"] != sql_offset:
+                return wrong(number, f"starts at byte {section['sql_offset']} of the SQL, "
+                             f"the section before it ends at {sql_offset}")
+            if section["first_member"] != member or section["members"] < 1:
+                return wrong(number, f"members {section['first_member']}+"
+                             f"{section['members']}, the section before it ends at member {member}")
+            end_member = member + section["members"]
+            if end_member > len(sizes) or starts[member] != offset:
+                return wrong(number, f"member {member} does not start at byte {offset}")
+            if starts[end_member] != offset + section["length"]:
+                return wrong(number, f"its {section['members']} members end at byte "
+                             f"{starts[min(end_member, len(sizes))]}, not at "
+                             f"{offset + section['length']}")
+            offset += section["length"]
+            sql_offset += section["sql_length"]
+            member = end_member
+        if offset != doc["object"]["size"] or member != len(sizes):
+            return Broken("index-mismatch", f"the sections end at byte {offset} (member "
+                          f"{member}); the object has {doc['object']['size']} bytes in "
+                          f"{len(sizes)} members")
+        return None
+
+    def see_bytes(self, data):
+        if self.problem:
+            return
+        view = memoryview(data)
+        while view and self._at < len(self.sections):
+            take = min(len(view), self._left)
+            self._hashes[self._at].update(view[:take])
+            view, self._left = view[take:], self._left - take
+            if self._left == 0:
+                self._at += 1
+                if self._at < len(self.sections):
+                    self._left = self.sections[self._at]["length"]
+
+    def see_sql(self, piece):
+        end = self._sql_at + len(piece)
+        while (self._next_start < len(self.sections)
+               and self.sections[self._next_start]["sql_offset"] < end):
+            self._peeks[self._next_start] = bytearray()
+            self._next_start += 1
+        for number, peek in list(self._peeks.items()):
+            section = self.sections[number]
+            want = min(SECTION_PEEK, section["sql_length"])
+            start = section["sql_offset"] + len(peek) - self._sql_at
+            peek += piece[start:start + want - len(peek)]
+            if len(peek) >= want:
+                self._starts[number] = bytes(self._peeks.pop(number))
+        self._sql_at = end
+
+    def finish(self, sql_bytes):
+        if self.problem:
+            raise self.problem
+        for number, peek in self._peeks.items():  # sections whose SQL ended early
+            self._starts[number] = bytes(peek)
+        last = self.sections[-1]
+        if last["sql_offset"] + last["sql_length"] != sql_bytes:
+            raise Broken("index-mismatch", f"the sections hold {last['sql_offset'] + last['sql_length']} "
+                         f"bytes of SQL; the object inflates to {sql_bytes}")
+        for number, section in enumerate(self.sections):
+            name = f"section {number} ({section_name(section)})"
+            digest = self._hashes[number].hexdigest()
+            if digest != section["sha256"]:
+                raise Broken("index-mismatch", f"{name}: bytes {section['offset']}+"
+                             f"{section['length']} have SHA-256 {digest}, the index says "
+                             f"{section['sha256']}")
+            wrong = first_statement_problem(section, self._starts.get(number, b""))
+            if wrong:
+                raise Broken("index-mismatch", f"{name} at byte {section['sql_offset']} of "
+                             f"the SQL: {wrong}")
+
+
+def first_statement_problem(section, sql):
+    """What is wrong with `sql`, the first bytes of a section, for its kind; "" if nothing.
+    A table-data section starts with pg_dump's `Data for Name` header naming its table,
+    then the COPY of that table; the others with the header of an entry of their kind."""
+    kind = section["kind"]
+    if kind == "pre-data":
+        return ""  # at byte 0: the dump's own header, checked as a whole dump
+    first = sql.split(b"\n", 3)
+    header = first[1] if len(first) > 1 and first[0] == b"--" else b""
+    if not header.startswith((b"-- Name: ", b"-- Data for Name: ")):
+        return f"starts with {sql[:60]!r}, not with an entry header of pg_dump"
+    entry_type = _header_field(header, b"Type")
+    expected = {"table-data": b"TABLE DATA", "sequence-values": b"SEQUENCE SET",
+                "large-objects": b"BLOBS"}.get(kind)
+    if expected is not None and entry_type != expected:
+        return f"its first entry is a {entry_type.decode(errors='replace')!r}, not {expected.decode()!r}"
+    if kind == "post-data" and (entry_type in DATA_ENTRY_TYPES
+                                or not header.startswith(b"-- Name: ")):
+        return f"its first entry is a {entry_type.decode(errors='replace')!r}, not a post-data entry"
+    if kind != "table-data":
+        return ""
+    table, schema = section["table"], section["schema"]
+    named = (_header_name(header), _header_field(header, b"Schema"))
+    if named != (_sanitised(table), _sanitised(schema)):
+        return (f"its header names {named[1].decode(errors='replace')}."
+                f"{named[0].decode(errors='replace')}, not {schema}.{table}")
+    copy = _first_statement(sql.split(b"\n", 3)[3] if len(first) > 3 else b"")
+    if not copy.startswith(b"COPY "):
+        return f"its first statement is {copy[:60]!r}, not the COPY of {schema}.{table}"
+    if qualified_name(copy, len(b"COPY "))[0] != [schema, table]:
+        return f"its COPY is {copy[:80]!r}, not of {schema}.{table}"
+    return ""
+
+
+def _header_name(header):
+    """The Name of a pg_dump entry header line (it may hold "; ", so up to "; Type: ")."""
+    rest = header.split(b"Name: ", 1)[1]
+    return rest.split(b"; Type: ", 1)[0]
+
+
+def _header_field(header, field_name):
+    marker = b"; " + field_name + b": "
+    if marker not in header:
+        return b""
+    return header.rsplit(marker, 1)[1].split(b"; ", 1)[0]
+
+
+def _sanitised(name):
+    """A name as pg_dump writes it in an entry header: newlines become spaces."""
+    return name.replace("\r", " ").replace("\n", " ").encode()
+
+
+def _first_statement(sql):
+    """The first line that is neither blank nor a comment nor a SET."""
+    for line in sql.split(b"\n"):
+        if line and not line.startswith((b"--", b"SET ")):
+            return line
+    return b""
 
 
 def recorded_verdict(storage, key):
