@@ -93,7 +93,51 @@ def test_a_drill_reads_the_dr_bucket_when_asked(drill_env, oss_server, pg_cluste
     assert report["ok"] and report["source"] == "oss://l2c-backups-dr/db-backups/"
 
 
-@pytest.mark.parametrize("name, value", [("DRILL_CHECKS", "not json"), ("DRILL_CHECKS", "[1]")])
+def test_a_drill_restores_over_drill_restore_jobs_and_reports_the_one_stream_estimate(
+        drill_env, pg_cluster, alerts_sent, monkeypatch):
+    from l2c_backup import drill
+    _, key = verified_backup(drill_env)
+    monkeypatch.setenv("DRILL_RESTORE_JOBS", "2")
+    monkeypatch.setattr(drill, "ONE_STREAM_OVER_JOBS", {1: 1.0, 2: 1.6, 4: 2.2})
+    before = databases(pg_cluster)
+
+    report = json.loads(drill_fn.handler(b'{"kind": "daily"}', fc_context(name="drill")))
+
+    assert report["ok"] and report["key"] == key
+    assert report["restore_mode"] == "parallel" and report["restore_jobs"] == 2
+    assert report["one_stream_seconds"] == round(report["restore_seconds"] * 1.6, 3)
+    assert databases(pg_cluster) == before
+    (alert,) = alerts_sent
+    assert alert.details["restore_jobs"] == 2
+    assert alert.details["one_stream_seconds"] == report["one_stream_seconds"]
+    assert "over 2 sessions (one stream: about" in alert.text()
+
+
+def test_a_drill_of_a_backup_without_index_restores_in_one_stream_and_says_so(
+        drill_env, pg_cluster, alerts_sent, monkeypatch, capsys):
+    _, key = verified_backup(dict(drill_env, BACKUP_TABLE_INDEX="false"))
+    monkeypatch.setenv("DRILL_RESTORE_JOBS", "2")
+    report = json.loads(drill_fn.handler(b'{"kind": "daily"}', fc_context(name="drill")))
+    assert report["ok"] and report["key"] == key
+    assert report["restore_mode"] == "one stream: the backup has no table index"
+    assert report["restore_jobs"] == 1
+    assert report["one_stream_seconds"] == report["restore_seconds"]  # measured, not estimated
+    assert "the backup has no table index" in alerts_sent[-1].text()
+    assert "the drill restores it in one stream" in capsys.readouterr().err
+
+
+def test_one_stream_estimate_takes_the_ratio_of_the_largest_measured_jobs_not_above():
+    from l2c_backup import drill
+    ratios = {1: 1.0, 2: 1.5, 4: 2.0}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(drill, "ONE_STREAM_OVER_JOBS", ratios)
+        assert drill.one_stream_estimate(10, 2) == 15.0
+        assert drill.one_stream_estimate(10, 3) == 15.0
+        assert drill.one_stream_estimate(10, 16) == 20.0
+
+
+@pytest.mark.parametrize("name, value", [("DRILL_CHECKS", "not json"), ("DRILL_CHECKS", "[1]"),
+                                         ("DRILL_RESTORE_JOBS", "0"), ("DRILL_RESTORE_JOBS", "33")])
 def test_bad_drill_settings_are_named(drill_env, monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigInvalid, match=name):
