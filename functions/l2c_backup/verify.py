@@ -2,12 +2,12 @@
 
 Checks, with bounded memory, reading, hashing and inflating at once (reading.py): every
 gzip member decodes with the right CRC32 and length and nothing trails them; the SQL
-starts like a pg_dump and ends with its completion marker; size and CRC64 match what storage reports; SHA-256 and size match the
-manifest (waited for briefly: it is written just after the object); where the manifest
-holds a table index (issue 14), the index against the object too (IndexCheck: every
-section's SHA-256, boundaries on members, sections in order tiling object and SQL, each
-section's first statement of its kind), as the object is read once. The verdict goes on
-the object as tags (`verify=ok|failed`, `verify-reason=<code>`) and into
+starts like a pg_dump and ends with its completion marker; size and CRC64 match what
+storage reports; SHA-256 and size match the manifest (waited for briefly: it is written
+just after the object); where the manifest holds a table index (issue 14), the index
+against the object too (IndexCheck: every section's SHA-256, boundaries on members,
+sections in order tiling object and SQL, each section's first statement of its kind), as
+the object is read once. The verdict goes on the object as tags (`verify=ok|failed`, `verify-reason=<code>`) and into
 `<key>.verify.json`; a failed one raises an urgent alert.
 """
 import hashlib
