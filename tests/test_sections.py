@@ -69,6 +69,26 @@ def test_the_same_sections_whatever_the_chunks(chunk_size):
     assert cut(DUMP, chunk_size) == cut(DUMP, 1 << 20)
 
 
+FAKE = "--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: app\n--\n\n"
+
+
+@pytest.mark.parametrize("quoted", [
+    f"CREATE FUNCTION public.f() RETURNS text LANGUAGE sql AS $_$SELECT '\n{FAKE}'$_$;\n\n",
+    f"CREATE FUNCTION public.g() RETURNS text LANGUAGE sql AS $$\n{FAKE}SELECT 1$$;\n\n",
+    f"COMMENT ON TABLE public.t IS 'it''s\n{FAKE}';\n\n",
+    f"CREATE TABLE public.\"odd\n{FAKE}\" (a int);\n\n",
+    f"SELECT E'\\'\n{FAKE}';\n\n",
+    f"/* a /* nested */\n{FAKE} */ SELECT 1;\n\n"])
+@pytest.mark.parametrize("chunk_size", [1, 3, 1 << 20])
+def test_text_that_reads_like_a_header_inside_a_quote_or_comment_starts_no_section(quoted, chunk_size):
+    dump = DUMP.replace(b"CREATE TABLE public.t (a text);\n\n",
+                        b"CREATE TABLE public.t (a text);\n\n" + quoted.encode())
+    out, cuts, sections = cut(dump, chunk_size)
+    assert out == dump
+    assert [(s["kind"], s.get("table")) for s in sections] == [
+        (s["kind"], s.get("table")) for s in cut(DUMP, 1 << 20)[2]]
+
+
 def test_a_dump_without_data_is_pre_data_then_post_data():
     dump = (entry("t", "TABLE", body="CREATE VIEW public.v AS SELECT 1;\n\n")
             + entry("TABLE v", "ACL", body="GRANT SELECT ON public.v TO app;\n\n")).encode()

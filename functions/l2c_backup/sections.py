@@ -63,6 +63,7 @@ class Sectioner:
         self._line_start = True  # in "rows": whether the undecided tail starts a line
         self._pending = b""
         self._kind = None  # of the section being passed on
+        self._quote = None  # outside COPY: the string, quoted name or comment we are in
 
     def pieces(self, chunks):
         for chunk in chunks:
@@ -96,22 +97,45 @@ class Sectioner:
                 continue
             if not self.sections:
                 self._open(PRE_DATA)
-            found = HEADER.search(buf, pos)
-            if found is None:
-                cut = _undecided_from(buf, pos)
-                yield from self._emit(buf[pos:cut])
-                pos = cut
+            pos, waiting = yield from self._sql(buf, pos)
+            if waiting:
                 break
-            yield from self._emit(buf[pos:found.start()])
-            kind = self._kind_of(found)
-            if kind is not None:
-                yield CUT
-                self._open(kind, found)
-            yield from self._emit(buf[found.start():found.end()])
-            pos = found.end()
-            if kind == TABLE_DATA:
-                self._state = "copy line"
         self._pending = buf[pos:]
+
+    def _sql(self, buf, pos):
+        """Passes SQL on up to the next header (cutting there when it starts a section),
+        or up to what cannot be decided yet; returns (position, waiting for more)."""
+        if self._quote is not None:  # inside a string, quoted name or comment
+            end = _quote_end(self._quote, buf, pos)
+            if end is None:
+                if self._quote[0] in ("E", "/*"):  # backslash escapes, nesting: wait whole
+                    return pos, True
+                keep = max(pos, len(buf) - max(_QUOTE_TAIL, len(self._quote[-1])))
+                yield from self._emit(buf[pos:keep])
+                return keep, True
+            yield from self._emit(buf[pos:end])
+            self._quote = None
+            return end, False
+        undecided = _undecided_from(buf, pos)
+        token = _TOKEN.search(buf, pos)  # not endpos: a header's first line may end there
+        if token is None or token.start() >= undecided:
+            yield from self._emit(buf[pos:undecided])
+            return undecided, True
+        header = HEADER.match(buf, token.start()) if token["header"] else None
+        if header is None:  # a quote or comment opens: its end may be far
+            opened = token.start() + 2 if token["header"] else token.end()  # a -- line
+            yield from self._emit(buf[pos:opened])
+            self._quote = (b"--",) if token["header"] else _opened(token)
+            return opened, False
+        yield from self._emit(buf[pos:header.start()])
+        kind = self._kind_of(header)
+        if kind is not None:
+            yield CUT
+            self._open(kind, header)
+        yield from self._emit(buf[header.start():header.end()])
+        if kind == TABLE_DATA:
+            self._state = "copy line"
+        return header.end(), False
 
     def _rows(self, buf, pos):
         """Passes COPY rows on up to and including the `\\.` line; returns where it
@@ -163,6 +187,65 @@ class Sectioner:
         if data:
             self.sql_bytes += len(data)
             yield data
+
+
+# Outside COPY data a header is only a header outside string literals, quoted names and
+# comments: a function body or a COMMENT may hold text that reads exactly like one. So the
+# SQL is followed token by token (as dump_entries.py does for a whole section).
+_WORD = rb"A-Za-z0-9_\x80-\xff$"
+_TOKEN = re.compile(
+    rb"(?P<header>^--\n-- (?:Data for )?Name: )|(?P<e>(?<![" + _WORD + rb"])[Ee]')|'|\"|"
+    rb"(?<![" + _WORD + rb"])(?P<dollar>\$(?:[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*)?\$)|"
+    rb"--|/\*", re.M)
+_QUOTE_TAIL = 64  # bytes kept undecided inside a quote: a closing $tag$ split by a chunk
+_E_STRING = re.compile(rb"\\.|'", re.S)
+_BLOCK = re.compile(rb"/\*|\*/")
+
+
+def _opened(token):
+    """The quote a token opens: ("'",), ("E",), ('"',), ("$", tag), ("--",), ("/*", depth)."""
+    text = token.group()
+    if token["e"]:
+        return ("E",)
+    if token["dollar"]:
+        return ("$", text)
+    if text == b"/*":
+        return ("/*", 1)
+    return (text,)
+
+
+def _quote_end(quote, buf, pos):
+    """Where the quote ends in buf (after its closing bytes), or None if not in buf: then
+    the quote may have changed (a block comment's depth) and is updated in place."""
+    kind = quote[0]
+    if kind in (b"'", b'"'):
+        while True:
+            at = buf.find(kind, pos)
+            if at < 0 or at + 1 >= len(buf):
+                return None  # a doubled quote ('' or "") may be split by the chunk
+            if buf[at + 1:at + 2] != kind:
+                return at + 1
+            pos = at + 2
+    if kind == "E":
+        for found in _E_STRING.finditer(buf, pos):
+            if found.group() == b"'":
+                if found.end() >= len(buf):
+                    return None
+                if buf[found.end():found.end() + 1] != b"'":
+                    return found.end()
+        return None
+    if kind == "$":
+        at = buf.find(quote[1], pos)
+        return None if at < 0 else at + len(quote[1])
+    if kind == b"--":
+        at = buf.find(b"\n", pos)
+        return None if at < 0 else at + 1
+    depth = quote[1]  # block comments nest
+    for found in _BLOCK.finditer(buf, pos):
+        depth += 1 if found.group() == b"/*" else -1
+        if depth == 0:
+            return found.end()
+    return None
 
 
 def _text(raw):
