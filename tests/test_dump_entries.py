@@ -54,7 +54,10 @@ def tricky_dump(pg_cluster):
     pg_cluster.psql("DROP ROLE IF EXISTS tricky_reader")
     pg_cluster.create_database("de_tricky")
     pg_cluster.psql(TRICKY, "de_tricky")
-    return pg_dump(pg_cluster, "de_tricky")
+    yield pg_dump(pg_cluster, "de_tricky")
+    # The role is the cluster's: leave no grant to it behind for the next user of TRICKY.
+    pg_cluster.psql("DROP DATABASE de_tricky")
+    pg_cluster.psql("DROP ROLE tricky_reader")
 
 
 def headers_in(sql):

@@ -83,6 +83,14 @@ def shape(pg, db, table, schema_as=None):
     return text.replace(f"{schema_as}.", f"{schema}.") if schema_as else text
 
 
+def rows_md5(pg, db, table):
+    """As table_digests, for one table (whose name may hold blanks), "-" when missing."""
+    if pg.psql(f"SELECT to_regclass('{table}') IS NULL", db).strip() == "t":
+        return "-"
+    return pg.psql(f"SELECT md5(coalesce(string_agg(r::text, E'\\n' ORDER BY r::text), '')) "
+                   f"FROM {table} r", db).strip()
+
+
 def user_tables(pg, db):
     return pg.psql("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                    "WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm') AND n.nspname NOT IN "
@@ -172,6 +180,54 @@ def test_into_schema_restores_beside_the_live_table_and_leaves_it_alone(pg_clust
     assert "REFERENCES restored.orders(id)" in pg_cluster.psql(
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'invoices_order_id_fkey' "
         "AND conrelid = 'restored.invoices'::regclass", db)
+
+
+def test_quoted_names_partitions_policies_and_acls_come_back_into_another_schema(pg_cluster,
+                                                                                tmp_path):
+    from test_dump_entries import TRICKY
+    source = fresh_database(pg_cluster, "tr_tricky_source")
+    pg_cluster.psql("DROP ROLE IF EXISTS tricky_reader", "postgres")
+    pg_cluster.psql(TRICKY, source)
+    env = {"DATABASE_URL": pg_cluster.url(source), "BACKUP_TARGET": str(tmp_path)}
+    (done,) = run_backup(config.load(env), "daily", when=WHEN)["backups"]
+    db = fresh_database(pg_cluster, "tr_tricky")
+    tables = ['"Odd Schema"."My Table"', "public.ruled", "public.parent", "public.child"]
+    try:
+        restored_like_the_source(pg_cluster, source, db, done["key"], tmp_path, tables)
+    finally:  # the role is the cluster's: leave no grant to it behind
+        pg_cluster.psql(f"DROP DATABASE {source}")
+        pg_cluster.psql(f"DROP DATABASE {db}")
+        pg_cluster.psql("DROP ROLE tricky_reader")
+
+
+def restored_like_the_source(pg_cluster, source, db, key, tmp_path, tables):
+    summary = restore_tables(open_storage(str(tmp_path)), key,
+                             settings_for(pg_cluster, db), tables, into_schema="New One")
+
+    assert summary["tables"] == ["New One.My Table", "New One.ruled", "New One.parent",
+                                 "New One.child"]
+    assert summary["sequences"] == ["New One.My Table_Id_seq"]
+    assert summary["brought"] == ["function public.noop()", "schema New One"]
+    assert rows_md5(pg_cluster, db, '"New One"."My Table"') == \
+        rows_md5(pg_cluster, source, '"Odd Schema"."My Table"') != rows_md5(pg_cluster, db, "\"New One\".two")
+    assert rows_md5(pg_cluster, db, '"New One".ruled') == rows_md5(pg_cluster, source, "public.ruled")
+    catalog = """SELECT string_agg(x, E'\\n' ORDER BY x) FROM (
+        SELECT conname || ' ' || pg_get_constraintdef(oid) AS x FROM pg_constraint
+         WHERE connamespace = '"{0}"'::regnamespace
+        UNION ALL SELECT 'policy ' || policyname || ' ' || qual FROM pg_policies WHERE schemaname = '{0}'
+        UNION ALL SELECT 'rule ' || rulename FROM pg_rules WHERE schemaname = '{0}'
+        UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE NOT tgisinternal
+        UNION ALL SELECT 'acl ' || relname || ' ' || relacl::text FROM pg_class
+         WHERE relnamespace = '"{0}"'::regnamespace AND relacl IS NOT NULL
+        UNION ALL SELECT 'partition ' || inhrelid::regclass::text FROM pg_inherits
+        UNION ALL SELECT 'index ' || indexname FROM pg_indexes WHERE schemaname = '{0}') parts"""
+    got = pg_cluster.psql(catalog.format("New One"), db)
+    assert 'ruled_fk FOREIGN KEY (id) REFERENCES "New One"."My Table"("Id")' in got
+    for needed in ("policy mine (id > 0)", "rule no_delete", "trigger On Insert",
+                   "acl My Table {postgres=arwdDxt/postgres,tricky_reader=r/postgres}",
+                   'partition "New One".child', "index My Index"):
+        assert needed in got, needed
+    assert "Odd Schema" not in pg_cluster.psql("SELECT string_agg(nspname, ',') FROM pg_namespace", db)
 
 
 def test_a_foreign_key_to_a_table_not_brought_is_refused_naming_it(pg_cluster, dir_backup):

@@ -128,7 +128,7 @@ def restore_tables(storage, key, target, tables, into_schema=None, force=False, 
         "bytes_read": budget.read, "object_bytes": doc["object"]["size"],
         "into_schema": into_schema, "brought": plan.brought_names(),
         "large_objects": len(plan.lo_oids) if plan.large_objects else 0,
-        "sequences": sorted(f"{s}.{n}" for s, n in plan.sequences_created),
+        "sequences": sorted(_names([plan.destination(s)]) for s in plan.sequences_created),
         "psql": psql_text, "sql_bytes": result,
         "restore_seconds": round(time.monotonic() - started, 3)}
     log.info("restored %s of %s into %s (%d bytes read of %d) in %.1fs",
