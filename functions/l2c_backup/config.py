@@ -55,6 +55,7 @@ ENV_SCHEMA = {
         "KEEP_WEEKLY": _COUNT,
         "KEEP_MANUAL": _COUNT,
         "PRUNE_AFTER_BACKUP": _FLAG,
+        "BACKUP_TABLE_INDEX": _FLAG,
         "OSS_SSE_KMS_KEY_ID": {"type": "string", "minLength": 1, "description": "a KMS key id"},
         "PG_BIN_DIR": {"type": "string", "minLength": 1,
                        "description": "a directory holding pg_dump and psql"},
