@@ -74,13 +74,14 @@ OLD_MANIFEST = ("{key} has no table index (it was made before l2c-backup could c
                 "restore it whole, without --table / --jobs")
 
 
-def restore_tables(storage, key, target, tables, into_schema=None, force=False, progress=None):
+def restore_tables(storage, key, target, tables, into_schema=None, force=False, progress=None,
+                   wait_archive=True):
     """Restores `tables` ("schema.name" as given on the CLI) of backup `key` into `target`
     (DatabaseSettings), in their own schema or, with `into_schema`, in that one. Returns
     the summary (key, database, target, tables, rows, bytes_read, object_bytes,
     restore_seconds, ...)."""
     started = time.monotonic()
-    archive.ensure_readable(storage, [key, names.manifest_key(key)],
+    archive.ensure_readable(storage, [key, names.manifest_key(key)], wait=wait_archive,
                             command="`l2c-backup restore --table`")
     doc = read_manifest(storage, key)
     index = manifest.sections_of(doc)

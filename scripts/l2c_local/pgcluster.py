@@ -282,7 +282,7 @@ WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_s
 
 
 def _per_table(cluster: PgCluster, dbname: str, expr: str) -> dict[str, str]:
-    tables = cluster.psql(_USER_TABLES, dbname).split()
+    tables = cluster.psql(_USER_TABLES, dbname).splitlines()
     if not tables:
         return {}
     query = "\nUNION ALL ".join(

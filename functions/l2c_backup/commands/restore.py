@@ -69,7 +69,7 @@ def run(args):
     progress = _Bar() if sys.stderr.isatty() and not args.json else None
     if args.table:
         summary = restore_tables(storage, key, target, args.table, args.into_schema,
-                                 args.force, progress)
+                                 args.force, progress, wait_archive=not args.no_wait_archive)
     elif args.jobs is not None:
         summary = restore_parallel(storage, key, target, args.create_db, args.jobs, progress,
                                    force=args.force, wait_archive=not args.no_wait_archive)
