@@ -624,10 +624,11 @@ class Bench:
             best = self.fastest(b, size)
             if best and best.summary.get("restore_seconds") and self.fastest(base_a, size):
                 inner = best.summary["restore_seconds"]
-                out.append(f"  (on restore_seconds, no interpreter start: {inner:.1f} s, "
-                           f"{self.fastest(base_a, size).wall / inner:.2f}x faster than (a), "
-                           + (f"{inner / self.fastest(base_c, size).wall:.2f}x pg_restore's)"
-                              if self.fastest(base_c, size) else "no pg_restore row)"))
+                out.append(f"  (on restore_seconds, no interpreter start: {inner:.1f} s; (a) takes "
+                           f"{self.fastest(base_a, size).wall / inner:.2f}x that, "
+                           + (f"it takes {inner / self.fastest(base_c, size).wall:.2f}x "
+                              f"pg_restore -j {TARGET_JOBS}'s)" if self.fastest(base_c, size)
+                              else "no pg_restore row)"))
         for r in self.tables:
             s = r["summary"]
             if r["wrong"] or not s.get("object_bytes"):
