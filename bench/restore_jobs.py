@@ -609,7 +609,7 @@ class Bench:
             else:
                 speed = [1 / x for x in pair_a]
                 ok = min(speed) >= TARGET_VS_ONE_STREAM
-                out.append(f"- {size:g} GB: --jobs {TARGET_JOBS} is {speed[0]:.2f}x faster than (a) "
+                out.append(f"- {size:g} GB: --jobs {TARGET_JOBS}'s speed-up over (a) is {speed[0]:.2f}x "
                            f"(process wall, fastest; median {speed[1]:.2f}x; target >= "
                            f"{TARGET_VS_ONE_STREAM}x, on both): "
                            f"{'met' if ok else 'NOT met'}")
