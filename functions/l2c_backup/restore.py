@@ -33,6 +33,7 @@ import re
 import secrets
 import signal
 import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -313,67 +314,106 @@ def _stream(storage, key, doc, settings, psql, psql_text, psql_num, server_major
     # object as stored; read, hashed and inflated on threads while this one feeds psql.
     stored = storage.head(key)
     sizes = member_sizes(doc, stored.size) if stored is not None else None
-    # Query results go to /dev/null; stdout carries only our \echo, which says that psql
-    # ran every statement before it.
-    proc = subprocess.Popen([str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password",
-                             "-o", os.devnull, "-d", settings.dbname],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=settings.pg_env())
-    stderr = bytearray()
-    reader = threading.Thread(target=lambda: _drain(proc.stderr, stderr), daemon=True)
-    reader.start()
     checked_head = [False]
     cleanse = _filter_for(server_major)
     own_transaction = DumpTransactions()
-
-    def to_psql(sql):
-        if not checked_head[0]:
-            checked_head[0] = True
-            _check_tools(sql[:65536], psql_num, psql_text)
-            sql = cleanse(sql)
-        proc.stdin.write(own_transaction.feed(sql))
-
-    committed = False
     try:
-        proc.stdin.write(b"BEGIN;\n")
-        with ObjectReader(storage.open(key, READ_SIZE), sizes, member_cap(doc)) as content:
-            for sql in content:
-                to_psql(sql)
-                if progress:
-                    progress(content.bytes, doc["object"]["size"])
-            content.finish()
-        size, sha256 = content.bytes, content.sha256
-        if size != doc["object"]["size"] or sha256 != doc["object"]["sha256"]:
-            raise Broken("sha256-mismatch", f"read {size} bytes with SHA-256 {sha256}, "
-                         f"the manifest says {doc['object']['size']} / {doc['object']['sha256']}")
-        ran_all = f"l2c-backup: every statement ran {secrets.token_hex(8)}".encode()
-        proc.stdin.write(own_transaction.finish() + b"\n" + before_commit +
-                         b"\\echo " + ran_all + b"\n")
-        proc.stdin.flush()
-        if proc.stdout.readline().rstrip(b"\n") == ran_all:
-            committed = _commit(proc)
-        else:
-            proc.wait()  # psql stopped at a failing statement
+        with PsqlTransaction(psql, settings) as session:
+
+            def to_psql(sql):
+                if not checked_head[0]:
+                    checked_head[0] = True
+                    _check_tools(sql[:65536], psql_num, psql_text)
+                    sql = cleanse(sql)
+                session.send(own_transaction.feed(sql))
+
+            with ObjectReader(storage.open(key, READ_SIZE), sizes, member_cap(doc)) as content:
+                for sql in content:
+                    to_psql(sql)
+                    if progress:
+                        progress(content.bytes, doc["object"]["size"])
+                content.finish()
+            size, sha256 = content.bytes, content.sha256
+            if size != doc["object"]["size"] or sha256 != doc["object"]["sha256"]:
+                raise Broken("sha256-mismatch", f"read {size} bytes with SHA-256 {sha256}, the "
+                             f"manifest says {doc['object']['size']} / {doc['object']['sha256']}")
+            session.send(own_transaction.finish())
+            session.commit(before_commit)
     except Broken as broken:
-        _kill(proc)
         raise BackupCorrupt(f"{key} is damaged ({broken.reason}: {broken.detail}); nothing was "
                             f"restored", "restore an older backup (and check this one with "
                             "`l2c-backup verify`)") from None
-    except BrokenPipeError:
-        proc.wait()
-    except BaseException:
-        _kill(proc)
-        raise
-    finally:
-        reader.join(5)
-    if not committed:
-        message = bytes(stderr).decode("utf-8", "replace").strip()
+    if not session.committed:
         raise RestoreFailed(f"psql stopped restoring {key} into {settings.dbname}: "
-                            f"{message[-1500:] or f'exit {proc.returncode}'}",
+                            f"{session.message()}",
                             "the transaction rolled back; the target is as it was. Fix the "
                             "cause (see psql's message) and run again")
     return {"bytes": size, "sql_bytes": content.sql_bytes, "psql": psql_text,
             "tables": len(doc["table_rows"])}
+
+
+class PsqlTransaction:
+    """The real psql running what is sent inside one transaction of ours: `BEGIN;` on
+    entering; `commit()` sends COMMIT only once psql has run every statement before it
+    (ON_ERROR_STOP, then an `\\echo` of a random marker read back on stdout). Leaving the
+    block by an exception kills psql before its input ends, so the server rolls back; a
+    psql that stopped at a failing statement (a broken pipe) leaves `committed` False and
+    its message in `message()`. `verbose`: errors carry their SQLSTATE."""
+
+    def __init__(self, psql, settings, verbose=False):
+        # Query results go to /dev/null; stdout carries only our \echo.
+        self.proc = subprocess.Popen(
+            [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+             *(["-v", "VERBOSITY=verbose"] if verbose else []), "--no-password",
+             "-o", os.devnull, "-d", settings.dbname],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=settings.pg_env())
+        self.stderr = bytearray()
+        self.reader = threading.Thread(target=lambda: _drain(self.proc.stderr, self.stderr),
+                                       daemon=True)
+        self.reader.start()
+        self.committed = False
+        self.sent = 0
+
+    def __enter__(self):
+        try:
+            self.send(b"BEGIN;\n")
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def send(self, data):
+        self.sent += len(data)
+        self.proc.stdin.write(data)
+
+    def commit(self, before_commit=b""):
+        """Runs `before_commit` (e.g. `\\unrestrict KEY`, clearing a mark), then COMMIT
+        if psql ran every statement; sets and returns `committed`."""
+        ran_all = f"l2c-backup: every statement ran {secrets.token_hex(8)}".encode()
+        self.send(b"\n" + before_commit + b"\\echo " + ran_all + b"\n")
+        self.proc.stdin.flush()
+        if self.proc.stdout.readline().rstrip(b"\n") == ran_all:
+            self.committed = _commit(self.proc)
+        else:
+            self.proc.wait()  # psql stopped at a failing statement
+        return self.committed
+
+    def message(self):
+        """psql's last words (its stderr), or its exit code."""
+        text = bytes(self.stderr).decode("utf-8", "replace").strip()
+        return text[-1500:] or f"exit {self.proc.returncode}"
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is not None and issubclass(exc_type, BrokenPipeError):
+                self.proc.wait()  # psql stopped at a failing statement: say what it said
+                return True
+            if exc_type is not None:
+                _kill(self.proc)
+            return False
+        finally:
+            self.reader.join(5)
 
 
 def _commit(proc):

@@ -31,11 +31,7 @@ every section read checked out and an \\echo after the last statement came back;
 killed on any failure or signal, so the server rolls the transaction back.
 """
 import logging
-import os
 import re
-import secrets
-import subprocess
-import threading
 import time
 from dataclasses import dataclass
 
@@ -45,8 +41,8 @@ from .dump import DUMP_COMPLETE, find_pg_tool, pg_tool_version
 from .dump_entries import name_after, qualified_name, quote_ident, relation_of, split_entries
 from .errors import BackupCorrupt, RestoreFailed, RestoreRefused
 from .reading import Broken
-from .restore import (DumpTransactions, _check_tools, _commit, _drain, _filter_for, _ident,
-                      _kill, read_manifest, server_version, target_tables)
+from .restore import (DumpTransactions, PsqlTransaction, _check_tools, _filter_for, _ident,
+                      read_manifest, server_version, target_tables)
 
 log = logging.getLogger(__name__)
 
@@ -537,57 +533,29 @@ def _run(storage, key, doc, settings, psql, plan, sql, sequence_values, unrestri
     values, large objects, post-data; COMMIT only when all of it ran and checked out.
     Returns the SQL bytes sent."""
     before, after = sql
-    # VERBOSITY verbose: errors carry their SQLSTATE (an undefined object is a refusal).
-    proc = subprocess.Popen([str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v",
-                             "VERBOSITY=verbose", "--no-password", "-o", os.devnull,
-                             "-d", settings.dbname],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=settings.pg_env())
-    stderr = bytearray()
-    reader = threading.Thread(target=lambda: _drain(proc.stderr, stderr), daemon=True)
-    reader.start()
-    sent = [0]
-
-    def send(data):
-        sent[0] += len(data)
-        proc.stdin.write(data)
-
-    committed = False
     try:
-        send(b"BEGIN;\n")
-        send(before)
-        for table in plan.tables:
-            section = plan.data.get(table)
-            if section is not None:
-                copy = _CopyInto(table, plan)
-                _send_section(storage, key, doc, section, send, budget, copy)
-                copy.finish()
-        send(sequence_values)
-        if plan.large_objects:
-            transactions = DumpTransactions()
-            for section in plan.large_objects_sections:
-                _send_section(storage, key, doc, section, send, budget, transactions.feed)
-            send(transactions.finish())
-        send(after)
-        ran_all = f"l2c-backup: every statement ran {secrets.token_hex(8)}".encode()
-        send(b"\n" + unrestrict + b"\\echo " + ran_all + b"\n")
-        proc.stdin.flush()
-        if proc.stdout.readline().rstrip(b"\n") == ran_all:
-            committed = _commit(proc)
-        else:
-            proc.wait()
+        # verbose: errors carry their SQLSTATE (an undefined object is a refusal)
+        with PsqlTransaction(psql, settings, verbose=True) as session:
+            send = session.send
+            send(before)
+            for table in plan.tables:
+                section = plan.data.get(table)
+                if section is not None:
+                    copy = _CopyInto(table, plan)
+                    _send_section(storage, key, doc, section, send, budget, copy)
+                    copy.finish()
+            send(sequence_values)
+            if plan.large_objects:
+                transactions = DumpTransactions()
+                for section in plan.large_objects_sections:
+                    _send_section(storage, key, doc, section, send, budget, transactions.feed)
+                send(transactions.finish())
+            send(after)
+            session.commit(unrestrict)
     except Broken as broken:
-        _kill(proc)
         raise _corrupt(key, broken) from None
-    except BrokenPipeError:
-        proc.wait()
-    except BaseException:
-        _kill(proc)
-        raise
-    finally:
-        reader.join(5)
-    if not committed:
-        message = bytes(stderr).decode("utf-8", "replace").strip()
+    if not session.committed:
+        message = session.message()
         undefined = _UNDEFINED.search(message)
         if undefined:
             raise RestoreRefused(
@@ -597,10 +565,10 @@ def _run(storage, key, doc, settings, psql, plan, sql, sequence_values, unrestri
                 "create it in the target first (an extension's type, a role ...), or "
                 "add the --table that defines it")
         raise RestoreFailed(f"psql stopped restoring {_names(plan.tables)} of {key} into "
-                            f"{settings.dbname}: {message[-1500:] or f'exit {proc.returncode}'}",
+                            f"{settings.dbname}: {message}",
                             "the transaction rolled back; the target is as it was. Fix the "
                             "cause (see psql's message) and run again")
-    return sent[0]
+    return session.sent
 
 
 def _send_section(storage, key, doc, section, send, budget, transform):
