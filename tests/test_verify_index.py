@@ -12,7 +12,7 @@ import pytest
 
 from l2c_backup import config, manifest
 from l2c_backup.backup import run_backup
-from l2c_backup.reading import Broken, read_section, read_sections, section_name
+from l2c_backup.reading import Broken, read_section, section_name
 from l2c_backup.storage import open_storage
 from l2c_backup.verify import check_object
 
@@ -216,21 +216,6 @@ def test_every_section_read_alone_is_its_sql_and_reads_only_its_bytes(storage, i
             reader.finish()
         assert got == sql[section["sql_offset"]:section["sql_offset"] + section["sql_length"]]
         assert reader.bytes == section["length"]
-
-
-def test_read_sections_gives_a_tables_sections_in_the_order_asked(storage, indexed_backup):
-    key, data, doc, sql = indexed_backup
-    store(storage, key, data, doc)
-    found = sections(doc)
-    _, orders = next((n, s) for n, s in tables(doc) if s["table"] == "orders")
-    wanted = [found[0], orders, found[-1]]
-    reader = read_sections(storage, key, doc, wanted)
-    got = {}
-    for section, piece in reader:
-        got[section_name(section)] = got.get(section_name(section), b"") + piece
-    assert list(got) == [section_name(s) for s in wanted]
-    assert got["table-data sales.orders"].startswith(b"--\n-- Data for Name: orders;")
-    assert reader.bytes == sum(s["length"] for s in wanted) < len(data)
 
 
 @pytest.mark.parametrize("field,value,reason", [

@@ -529,43 +529,6 @@ def read_section(storage, key, doc, section, workers=None):
     return SectionReader(storage, key, doc, section, workers)
 
 
-class SectionsReader:
-    """Several sections read one after the other, in the order given (e.g. a table's
-    pre-data, its data, the sequence values, the post-data): iterate for (section, SQL
-    piece); each section is checked (finish) before the next is opened, so a damaged one
-    raises before any SQL of the next. `bytes` counts what was read of the object."""
-
-    def __init__(self, storage, key, doc, sections, workers=None):
-        self.storage, self.key, self.doc, self.workers = storage, key, doc, workers
-        self.sections = list(sections)
-        self._done_bytes = self._done_sql = 0
-        self._current = None
-
-    @property
-    def bytes(self):
-        return self._done_bytes + (self._current.bytes if self._current else 0)
-
-    @property
-    def sql_bytes(self):
-        return self._done_sql + (self._current.sql_bytes if self._current else 0)
-
-    def __iter__(self):
-        for section in self.sections:
-            with read_section(self.storage, self.key, self.doc, section, self.workers) as reader:
-                self._current = reader
-                for piece in reader:
-                    yield section, piece
-                reader.finish()
-                self._done_bytes += reader.bytes
-                self._done_sql += reader.sql_bytes
-                self._current = None
-
-
-def read_sections(storage, key, doc, sections, workers=None):
-    """A SectionsReader: `for section, sql in read_sections(...)`."""
-    return SectionsReader(storage, key, doc, sections, workers)
-
-
 def _close(chunks):
     close = getattr(chunks, "close", None)
     if close is not None:
