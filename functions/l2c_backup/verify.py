@@ -175,7 +175,6 @@ def _check_against(doc, sha256, size):
 # and a COPY line with every column name fit in far less.
 SECTION_PEEK = 64 * 1024
 DATA_ENTRY_TYPES = (b"TABLE DATA", b"SEQUENCE SET", b"BLOBS")
-SECTION_KINDS = ("pre-data", "table-data", "sequence-values", "large-objects", "post-data")
 
 
 class IndexCheck:
@@ -183,8 +182,9 @@ class IndexCheck:
     `see_bytes` (every chunk, on the hash thread) hashes each section's bytes,
     `see_sql` (the SQL in order) keeps the first bytes of each section's SQL, `finish`
     says what does not match as Broken("index-mismatch") naming the section. The layout
-    (sections in order, tiling the object and the SQL, each on a member boundary) is
-    checked before any byte is read; a layout that does not hold is reported at finish,
+    (manifest.validate: sections tiling the object, the SQL and the members in order;
+    here: pre-data first, post-data last, member sizes listed) is checked before any
+    byte is read; a layout that does not hold is reported at finish,
     after the object's own checks, and its sections are then not hashed."""
 
     @classmethod
@@ -213,47 +213,19 @@ class IndexCheck:
 
         if not sections:
             return Broken("index-mismatch", "the index lists no section")
-        sizes = (doc.get("compression") or {}).get("member_sizes")
-        if sizes is None:
+        if (doc.get("compression") or {}).get("member_sizes") is None:
             return Broken("index-mismatch", "the manifest lists no member sizes to hold the "
                           "index against")
-        starts = [0]  # byte offset of every member, and of the object's end
-        for size in sizes:
-            starts.append(starts[-1] + size)
-        offset = sql_offset = member = 0
+        # manifest.validate already held the sections against the object, the SQL and
+        # the members (they tile all three, in order); here what readers rely on besides
         for number, section in enumerate(sections):
-            kind = section.get("kind")
-            if kind not in SECTION_KINDS:
-                return wrong(number, f"unknown kind {kind!r}")
+            kind = section["kind"]
             if (kind == "pre-data") != (number == 0):
                 return wrong(number, "pre-data comes first, and only there")
             if kind == "post-data" and number != len(sections) - 1:
                 return wrong(number, "post-data comes last")
             if kind == "table-data" and not (section.get("schema") and section.get("table")):
                 return wrong(number, "a table-data section names no table")
-            if section["offset"] != offset:
-                return wrong(number, f"starts at byte {section['offset']}, the section "
-                             f"before it ends at {offset}")
-            if section["sql_offset"] != sql_offset:
-                return wrong(number, f"starts at byte {section['sql_offset']} of the SQL, "
-                             f"the section before it ends at {sql_offset}")
-            if section["first_member"] != member or section["members"] < 1:
-                return wrong(number, f"members {section['first_member']}+"
-                             f"{section['members']}, the section before it ends at member {member}")
-            end_member = member + section["members"]
-            if end_member > len(sizes) or starts[member] != offset:
-                return wrong(number, f"member {member} does not start at byte {offset}")
-            if starts[end_member] != offset + section["length"]:
-                return wrong(number, f"its {section['members']} members end at byte "
-                             f"{starts[min(end_member, len(sizes))]}, not at "
-                             f"{offset + section['length']}")
-            offset += section["length"]
-            sql_offset += section["sql_length"]
-            member = end_member
-        if offset != doc["object"]["size"] or member != len(sizes):
-            return Broken("index-mismatch", f"the sections end at byte {offset} (member "
-                          f"{member}); the object has {doc['object']['size']} bytes in "
-                          f"{len(sizes)} members")
         return None
 
     def see_bytes(self, data):
