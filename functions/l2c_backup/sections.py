@@ -48,6 +48,7 @@ POST_DATA_TYPES = frozenset({
 
 HEADER = re.compile(rb"^--\n-- (?P<data>Data for )?Name: (?P<name>[^\n]*?); Type: (?P<type>[^\n]*?); "
                     rb"Schema: (?P<schema>[^\n]*?); Owner: [^\n]*\n--\n", re.M)
+_END_LINE = b"\n\\.\n"  # a newline (or the start of the rows), then COPY's end line
 _COPY_LINE_MAX = 1 << 20  # a COPY line longer than this is no COPY line
 _UNDECIDED_LINES = 3  # a header is three lines: one may begin in the last three
 
@@ -60,14 +61,14 @@ class Sectioner:
         self.sections = []
         self.sql_bytes = 0  # passed on so far
         self._state = "sql"  # or "copy line", "rows": a table's COPY line, its rows
-        self._line_start = True  # in "rows": whether the undecided tail starts a line
+        self._seam = b"\n"  # in "rows": the last 3 bytes passed on ("\n": a line starts)
         self._pending = b""
         self._kind = None  # of the section being passed on
         self._quote = None  # outside COPY: the string, quoted name or comment we are in
 
     def pieces(self, chunks):
         for chunk in chunks:
-            # COPY rows leave a tail of at most three bytes: join only when there is one
+            # only SQL outside COPY rows leaves an undecided tail to join
             yield from self._feed(self._pending + chunk if self._pending else chunk)
         rest, self._pending = self._pending, b""
         if rest:
@@ -88,7 +89,7 @@ class Sectioner:
                     break
                 stop = line_end + len(b" FROM stdin;\n")
                 yield from self._emit(buf[pos:stop])
-                pos, self._state, self._line_start = stop, "rows", True
+                pos, self._state, self._seam = stop, "rows", b"\n"
                 continue
             if self._state == "rows":
                 pos = yield from self._rows(buf, pos)
@@ -139,24 +140,25 @@ class Sectioner:
 
     def _rows(self, buf, pos):
         """Passes COPY rows on up to and including the `\\.` line; returns where it
-        stopped: after that line (state "sql" again), or before an undecided tail."""
-        if self._line_start and buf.startswith(b"\\.\n", pos):
-            end = pos
-        else:
-            end = buf.find(b"\n\\.\n", pos)
-            end = end + 1 if end >= 0 else -1
+        stopped: after that line (state "sql" again), or at the end of buf. Nothing is
+        held back, so a chunk of rows is passed on without a copy: an end line that
+        begins in the last bytes passed on is found through `_seam`."""
         section = self.sections[-1]
-        if end < 0:
-            keep = max(pos, len(buf) - 3)  # "\n\\." may end this chunk
-            section["rows"] += buf.count(b"\n", pos, keep)
-            yield from self._emit(memoryview(buf)[pos:keep])  # no copy of the rows
-            if keep > pos:
-                self._line_start = buf[keep - 1:keep] == b"\n"
-            return keep
-        section["rows"] += buf.count(b"\n", pos, end)
-        yield from self._emit(memoryview(buf)[pos:end + 3])
-        self._state = "sql"
-        return end + 3
+        seam = self._seam + bytes(buf[pos:pos + 3])
+        at = seam.find(_END_LINE)
+        if at >= 0:  # begins in the seam (the needle is longer than what buf adds)
+            stop = pos + at + len(_END_LINE) - len(self._seam)
+        else:
+            at = buf.find(_END_LINE, pos)
+            stop = at + len(_END_LINE) if at >= 0 else len(buf)
+        # every row ends with a newline; the end line's own is no row
+        section["rows"] += buf.count(b"\n", pos, stop) - (at >= 0)
+        yield from self._emit(memoryview(buf)[pos:stop])  # no copy of the rows
+        if at >= 0:
+            self._state = "sql"
+        else:
+            self._seam = (self._seam + bytes(buf[max(pos, len(buf) - 3):]))[-3:]
+        return stop
 
     def _kind_of(self, header):
         """The kind of section this entry starts, or None when it continues the current."""
