@@ -11,12 +11,15 @@ that `gunzip | psql` restores with no tool of ours.
 
 Phases, each started once the one before has succeeded:
   1. pre-data in one session, in one transaction of ours, committed before the data;
-  2. the data: table-data sections largest first (by sql_length), sequence values and
-     large objects (with pg_dump's own BEGIN/COMMIT), over N sessions at once;
-  3. the indexes and constraints of the post-data (not FKs: each concerns one table) over
-     N sessions, largest table first; two of them on one table wait for each other only
-     when one needs the table exclusively (a constraint; CREATE INDEX shares it);
-  4. the rest of the post-data in dump order in one session (FKs, INDEX ATTACH, triggers,
+  2. over N sessions at once: the table-data sections largest first (by sql_length), each
+     COPY in its own transaction after a TRUNCATE of its new table (as pg_restore -j
+     does: a server with wal_level=minimal then writes no WAL for it), the sequence
+     values and the large objects (with pg_dump's own BEGIN/COMMIT); and the indexes and
+     constraints of the post-data (not FKs: each concerns one table), each as soon as
+     its table's data is in, so that a session with no data left builds indexes while
+     another still loads; two of them on one table wait for each other only when one
+     needs the table exclusively (a constraint; CREATE INDEX shares it);
+  3. the rest of the post-data in dump order in one session (FKs, INDEX ATTACH, triggers,
      rules, policies, ACLs, REFRESH MATERIALIZED VIEW ...), ending with the statement that
      clears the database's restore-in-progress mark.
 Every session first replays the dump's preamble (its SETs, search_path, `\\restrict KEY`)
@@ -49,7 +52,7 @@ import time
 from . import archive, manifest, names, reading
 from .compress import default_workers
 from .dump import find_pg_tool, pg_tool_version
-from .dump_entries import relation_of, split_entries
+from .dump_entries import quote_ident, relation_of, split_entries
 from .errors import BackupCorrupt, RestoreFailed, RestoreRefused
 from .restore import (_check_tools, _drain, _filter_for, _new_database, read_manifest,
                       server_version, unmark_sql)
@@ -117,11 +120,10 @@ def restore_parallel(storage, key, target, create_db, jobs, progress=None, force
         timings["pre_data_seconds"] = time.monotonic() - phase
         del pre_data  # held for the pre-data only
         phase = time.monotonic()
-        run.crew(plan.data, jobs, plan.preamble, plan.restrict)
+        # the data, and each table's index builds as soon as its data is in
+        run.crew(plan.data + plan.builds, jobs, plan.preamble, plan.restrict)
         timings["data_seconds"] = time.monotonic() - phase
         phase = time.monotonic()
-        if plan.builds:
-            run.crew(plan.builds, jobs, plan.preamble, plan.restrict)
         run.crew([_Item("post-data", plan.rest + unmark_sql(create_db))], 1, plan.preamble,
                  plan.restrict)
         timings["post_data_seconds"] = time.monotonic() - phase
@@ -153,10 +155,13 @@ class _Item:
     statements already in memory (`sql`). `table` and `exclusive` keep two items that
     lock one table exclusively from running at once."""
 
-    def __init__(self, what, sql=None, section=None, table=None, exclusive=False, size=0):
+    def __init__(self, what, sql=None, section=None, table=None, exclusive=False, size=0,
+                 needs=()):
         self.what, self.sql, self.section = what, sql, section
         self.table, self.exclusive, self.size = table, exclusive, size
+        self.needs = list(needs)  # items that must have run before this one starts
         self.drop_line = None  # a line of the section not to send (_DropLine)
+        self.before = self.after = b""  # sent around the section's SQL
 
 
 class _Plan:
@@ -180,18 +185,22 @@ def _plan(pre_data, post_data, sections, run):
     _note_sets(preamble, settings)
     for entry in pre_entries:
         _note_sets(entry.text, settings)
-    sizes = {}
+    loads = {}  # table -> the item loading its data
     last = sections[-1]
     for section in sections:
         if section["kind"] not in DATA_KINDS:
             continue
+        item = _Item(f"the {section['kind']}", section=section, size=section["sql_length"])
         if section["kind"] == "table-data":
             table = (section["schema"], section["table"])
-            sizes[table] = section["sql_length"]
-            what = f"the data of {section['schema']}.{section['table']}"
-        else:
-            what = f"the {section['kind']}"
-        plan.data.append(_Item(what, section=section, size=section["sql_length"]))
+            item.what = f"the data of {section['schema']}.{section['table']}"
+            # As pg_restore -j does: the table is new and empty, and a TRUNCATE in the
+            # COPY's transaction lets the server skip WAL for it (wal_level=minimal).
+            name = f"{quote_ident(table[0])}.{quote_ident(table[1])}".encode()
+            item.before = b"BEGIN;\nTRUNCATE TABLE ONLY " + name + b";\n"
+            item.after = b"COMMIT;\n"
+            loads[table] = item
+        plan.data.append(item)
         # Without a post-data section, the dump's last lines (its own \unrestrict) end a
         # data section: every session sends its own \unrestrict, and a second one fails.
         plan.data[-1].drop_line = (b"\\unrestrict " + plan.restrict + b"\n"
@@ -205,9 +214,15 @@ def _plan(pre_data, post_data, sections, run):
         in_force = b"".join(settings.values())
         table = relation_of(entry) if entry.type in PARALLEL_POST else None
         if table is not None:
+            # A build starts once its table's data is in (the other tables may still be
+            # loading); one on a table without data of its own (a partitioned table's
+            # index reaches its partitions) once all data is in.
+            load = loads.get(table)
             plan.builds.append(_Item(f"{entry.type} {entry.name} ({entry.schema})",
                                      sql=in_force + entry.text, table=table,
-                                     exclusive=entry.type != "INDEX", size=sizes.get(table, 0)))
+                                     exclusive=entry.type != "INDEX",
+                                     size=load.size if load else 0,
+                                     needs=[load] if load else plan.data))
         else:
             rest.append(in_force + entry.text)
         _note_sets(entry.text, settings)
@@ -299,6 +314,7 @@ class _Crew:
         self.run, self.preamble, self.restrict = run, preamble, restrict
         self.pending = list(items)
         self.busy = {}  # table -> items of it running; [exclusive?]
+        self.done = set()  # items that ran
         self.changed = threading.Condition()
         self.sessions = []
         self.failure = None
@@ -314,10 +330,12 @@ class _Crew:
                 if item is None:
                     break
                 session.current = item
+                ran = False
                 try:
                     self._feed(session, item)
+                    ran = True
                 finally:
-                    self._done(item)
+                    self._done(item, ran)
             ending = (b"\\unrestrict " + self.restrict + b"\n") if self.restrict else b""
             if not session.close(ending) and not self.stopped:
                 raise session.failed(self.run)
@@ -342,8 +360,9 @@ class _Crew:
             return session
 
     def _take(self):
-        """The first pending item whose table no running item holds exclusively (nor
-        holds at all, for an exclusive one); None when all are taken."""
+        """The first pending item whose needs have run and whose table no running item
+        holds exclusively (nor holds at all, for an exclusive one); None when all are
+        taken."""
         with self.changed:
             while True:
                 if self.stopped:
@@ -351,14 +370,18 @@ class _Crew:
                 if not self.pending:
                     return None
                 for n, item in enumerate(self.pending):
+                    if not self.done.issuperset(item.needs):
+                        continue
                     running = self.busy.get(item.table) if item.table else None
                     if not running or not (item.exclusive or any(running)):
                         self.busy.setdefault(item.table, []).append(item.exclusive)
                         return self.pending.pop(n)
                 self.changed.wait(WAIT)
 
-    def _done(self, item):
+    def _done(self, item, ran):
         with self.changed:
+            if ran:
+                self.done.add(item)
             running = self.busy.get(item.table)
             if running:
                 running.remove(item.exclusive)
@@ -373,6 +396,7 @@ class _Crew:
         drop = _DropLine(item.drop_line)
         with reading.read_section(run.storage, run.key, run.doc, item.section,
                                   run.workers) as content:
+            session.send(item.before)
             for sql in content:
                 if self.stopped:
                     raise _Abandoned()
@@ -380,6 +404,7 @@ class _Crew:
                 run._count(0, len(sql))
             session.send(drop.finish())
             content.finish()
+            session.send(item.after)  # COMMIT only once the section checked out
         run._count(content.bytes, 0)
 
     def stop(self, failure):
