@@ -351,3 +351,33 @@ def test_a_jobs_restore_killed_leaves_a_marked_database_that_the_next_run_replac
     assert f"dropped database {db}" in stderr and "left by a restore that was killed" in stderr
     assert comment_on(pg_cluster, db) == ""
     assert table_digests(pg_cluster, db) == table_digests(pg_cluster, "pr_gated_src")
+
+
+def test_index_builds_wait_for_their_own_tables_data_only():
+    """Builds overlap the data: each waits for its table's COPY, not for all of them;
+    one on a table without data of its own (a partitioned table) waits for all."""
+    from l2c_backup.parallel_restore import _plan
+
+    def entry(name, type_, body, data=False):
+        return (f"--\n-- {'Data for ' if data else ''}Name: {name}; Type: {type_}; "
+                f"Schema: public; Owner: app\n--\n\n{body}\n\n").encode()
+
+    pre = b"SET client_encoding = 'UTF8';\n\n" + entry("a", "TABLE", "CREATE TABLE public.a (i int);")
+    post = (entry("a a_pkey", "CONSTRAINT", "ALTER TABLE ONLY public.a ADD CONSTRAINT a_pkey PRIMARY KEY (i);")
+            + entry("b_i", "INDEX", "CREATE INDEX b_i ON public.b USING btree (i);")
+            + entry("p_i", "INDEX", "CREATE INDEX p_i ON ONLY public.p USING btree (i);"))
+    sections = [{"kind": "pre-data", "sql_length": len(pre)},
+                {"kind": "table-data", "schema": "public", "table": "a", "sql_length": 10},
+                {"kind": "table-data", "schema": "public", "table": "b", "sql_length": 20},
+                {"kind": "post-data", "sql_length": len(post)}]
+
+    class Run:
+        cleanse = staticmethod(lambda sql: sql)
+
+    plan = _plan(pre, post, sections, Run())
+    load = {item.section["table"]: item for item in plan.data}
+    needs = {item.what: item.needs for item in plan.builds}
+    assert needs == {"CONSTRAINT a a_pkey (public)": [load["a"]],
+                     "INDEX b_i (public)": [load["b"]], "INDEX p_i (public)": plan.data}
+    assert [item.what for item in plan.data] == ["the data of public.b", "the data of public.a"]
+    assert load["a"].before == b"BEGIN;\nTRUNCATE TABLE ONLY public.a;\n" and load["a"].after == b"COMMIT;\n"
