@@ -629,7 +629,11 @@ class Bench:
                            + (f"it takes {inner / self.fastest(base_c, size).wall:.2f}x "
                               f"pg_restore -j {TARGET_JOBS}'s)" if self.fastest(base_c, size)
                               else "no pg_restore row)"))
-        for r in self.tables:
+        seen = set()
+        for r in self.tables:  # one verdict per table and source: the bytes read repeat
+            if (r["table"], r["where"], r["size"]) in seen and not r["wrong"]:
+                continue
+            seen.add((r["table"], r["where"], r["size"]))
             s = r["summary"]
             if r["wrong"] or not s.get("object_bytes"):
                 out.append(f"- one table ({r['table']} <- {r['where']}, {r['size']:g} GB): bytes "
