@@ -436,7 +436,7 @@ def fc_table(results, size, prices):
     from l2c_backup import fc_cost
     sql = sql_bytes_of(results)
     lines = ["| variant | size | SQL GB | cpu s/GB | vCPU-s/GB | GB-s/GB | FC CNY/backup "
-             f"| FC CNY/month | OSS CNY/month |",
+             "| FC CNY/month | OSS CNY/month |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if r.skipped:
