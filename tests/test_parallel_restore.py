@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from l2c_backup.parallel_restore import restore_parallel
 from l2c_backup.storage import open_storage
 from l2c_local import resolve
 from l2c_local.pgcluster import table_digests
+from test_restore_signals import wait_for
 
 WHEN = datetime(2026, 11, 26, 18, 30, tzinfo=timezone.utc)
 KEY = "db-backups/daily/backup_2026-11-27.sql.gz"
@@ -94,18 +94,6 @@ def psql_processes_on(db):
         if argv and argv[0].endswith(b"psql") and db.encode() in argv:
             found.append(int(proc.name))
     return found
-
-
-def wait_for(condition, what, timeout=120, proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the restore ended (exit {proc.returncode}) before {what}: "
-                        f"{proc.stderr.read()}")
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 # -- round trips ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from l2c_backup.backup import run_backup
 from l2c_backup.reading import Broken, read_section, section_name
 from l2c_backup.storage import open_storage
 from l2c_backup.verify import check_object
+from test_verify import storage  # noqa: F401 (the fixture: OSS and a directory)
 
 MANIFEST = ".manifest.json"
 
@@ -29,18 +30,6 @@ def indexed_backup(pg_cluster, seeded_db, tmp_path_factory):
     doc = json.loads((root / (done["key"] + MANIFEST)).read_bytes())
     assert manifest.sections_of(doc), "a backup of this issue carries a table index"
     return done["key"], data, doc, gzip.decompress(data)
-
-
-@pytest.fixture(params=["oss", "directory"])
-def storage(request, tmp_path):
-    if request.param == "directory":
-        return open_storage(str(tmp_path / "dir"))
-    server = request.getfixturevalue("oss_server")
-    _, settings = config.storage_target({"OSS_ENDPOINT": server.endpoint,
-                                         "OSS_BACKUP_BUCKET": "l2c-backups",
-                                         "OSS_ACCESS_KEY_ID": server.access_key_id,
-                                         "OSS_ACCESS_KEY_SECRET": server.access_key_secret})
-    return open_storage("oss://l2c-backups/db-backups/", settings)
 
 
 @pytest.fixture
