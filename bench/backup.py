@@ -52,7 +52,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -60,7 +59,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procstat import Children, OssServer, cpu_of, proc_cpu, system_busy, vm_hwm_mb
+from procstat import Children, OssServer, cpu_of, exit_on_signals, proc_cpu, system_busy, vm_hwm_mb
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -533,12 +532,7 @@ def main(argv=None):
     sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
     variants = set(args.variants)
 
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)  # unwinds through every finally below
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with it ignored
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup keeps it ignored
-        signal.signal(signal.SIGHUP, on_signal)
+    exit_on_signals()  # every finally below runs
 
     def log(msg):
         print(msg, flush=True)

@@ -51,6 +51,18 @@ class Children:
         self.procs.clear()
 
 
+def exit_on_signals():
+    """SIGTERM and SIGHUP end the bench as SystemExit(128 + signal), and SIGINT as
+    KeyboardInterrupt (also when started with it ignored), so every `finally` runs and
+    what the bench started is stopped. A SIGHUP that nohup set to ignore stays ignored."""
+    def on_signal(signum, _frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, on_signal)
+
+
 def cpu_of(usage):
     return usage.ru_utime + usage.ru_stime
 

@@ -58,7 +58,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -68,7 +67,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procstat import TICK, vm_hwm_mb
+from procstat import TICK, exit_on_signals, vm_hwm_mb
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -646,12 +645,7 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {','.join(ORDER)}")
 
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)  # unwinds through the finally below
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, on_signal)
+    exit_on_signals()  # every finally below runs
 
     def log(msg):
         print(msg, flush=True)

@@ -56,7 +56,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -65,7 +64,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procstat import Children, OssServer, cpu_of, proc_cpu, system_busy
+from procstat import Children, OssServer, cpu_of, exit_on_signals, proc_cpu, system_busy
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -719,12 +718,7 @@ def main(argv=None):
     args.sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
     args.jobs = [int(j) for j in args.jobs.split(",") if j.strip()]
 
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)  # unwinds through the finally below
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, on_signal)
+    exit_on_signals()  # every finally below runs
 
     def log(msg):
         print(msg, flush=True)

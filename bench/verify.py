@@ -51,7 +51,6 @@ import os
 import random
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -61,7 +60,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from procstat import Children, OssServer, cpu_of, proc_cpu, system_busy, vm_hwm_mb
+from procstat import Children, OssServer, cpu_of, exit_on_signals, proc_cpu, system_busy, vm_hwm_mb
 
 MB = 1e6
 GB = 1e9
@@ -683,12 +682,7 @@ def main(argv=None):
     sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
     variants = [v for v in "abcde" if v in args.variants]
 
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, on_signal)
+    exit_on_signals()  # every finally below runs
 
     def log(msg):
         print(msg, flush=True)
