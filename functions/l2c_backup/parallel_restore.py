@@ -54,8 +54,8 @@ from .compress import default_workers
 from .dump import find_pg_tool, pg_tool_version
 from .dump_entries import quote_ident, relation_of, split_entries
 from .errors import BackupCorrupt, RestoreFailed, RestoreRefused
-from .restore import (_check_tools, _drain, _filter_for, _new_database, read_manifest,
-                      server_version, unmark_sql)
+from .restore import (_check_tools, _drain, _filter_for, _new_database, check_target_version,
+                      no_table_index, read_manifest, unmark_sql)
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,6 @@ _TRAILING_SETS = re.compile(rb"(?:^|\n)((?:SET [^\n]*;\n\n?)+)\Z")
 _SET_NAME = re.compile(rb"^SET (SESSION AUTHORIZATION|[\w.]+)", re.M)
 
 
-def refuse_without_index(key):
-    return RestoreRefused(f"{key} has no table index (it was made before l2c-backup could "
-                          "cut one): restore it whole, without --table / --jobs",
-                          "run `l2c-backup restore KEY --create-db NAME` (one stream); the "
-                          "next backups carry the index")
-
-
 def restore_parallel(storage, key, target, create_db, jobs, progress=None, force=False,
                      wait_archive=True):
     """Restores `key` into a new database `create_db` on the server of `target`
@@ -93,17 +86,13 @@ def restore_parallel(storage, key, target, create_db, jobs, progress=None, force
     doc = read_manifest(storage, key)
     sections = manifest.sections_of(doc)
     if sections is None:
-        raise refuse_without_index(key)
+        raise no_table_index(key, "run `l2c-backup restore KEY --create-db NAME` (one stream); "
+                                  "the next backups carry the index")
     _check_layout(key, sections)
     psql = find_pg_tool("psql")
     psql_text, psql_num = pg_tool_version(psql)
-    server_text, server_num = server_version(target)  # reachable, password right
-    if server_num // 10000 < doc["server"]["version_num"] // 10000 and not force:
-        raise RestoreRefused(
-            f"{key} comes from PostgreSQL {doc['server']['version']}; the target runs "
-            f"{server_text}, older, which may not accept all of it",
-            "restore into a server of the same or a newer major version, or add --force")
-    run = _Run(storage, key, doc, psql, _filter_for(server_num // 10000), progress)
+    server_major = check_target_version(key, doc, target, force)
+    run = _Run(storage, key, doc, psql, _filter_for(server_major), progress)
     # The schema first, before any database is made: a damaged pre- or post-data, or a
     # psql too old for the dump, is found in seconds, not after the data.
     pre_data = run.read_whole(sections[0])

@@ -132,6 +132,24 @@ def server_version(settings):
     return text.split()[0], num
 
 
+def check_target_version(key, doc, target, force):
+    """The target server's major version, once it is reachable with the password given;
+    RestoreRefused for one older than the dump's server, unless `force`."""
+    server_text, server_num = server_version(target)
+    if server_num // 10000 < doc["server"]["version_num"] // 10000 and not force:
+        raise RestoreRefused(
+            f"{key} comes from PostgreSQL {doc['server']['version']}; the target runs "
+            f"{server_text}, older, which may not accept all of it",
+            "restore into a server of the same or a newer major version, or add --force")
+    return server_num // 10000
+
+
+def no_table_index(key, hint):
+    """The refusal of `--table` / `--jobs` for a backup made without the table index."""
+    return RestoreRefused(f"{key} has no table index (it was made before l2c-backup could "
+                          "cut one): restore it whole, without --table / --jobs", hint)
+
+
 def target_tables(settings):
     conn = connect(settings)
     try:
@@ -287,13 +305,7 @@ def restore(storage, key, target, create_db=None, force=False, progress=None, wa
     doc = read_manifest(storage, key)
     psql = find_pg_tool("psql")
     psql_text, psql_num = pg_tool_version(psql)
-    server_text, server_num = server_version(target)  # reachable, password right
-    server_major, dump_major = server_num // 10000, doc["server"]["version_num"] // 10000
-    if server_major < dump_major and not force:
-        raise RestoreRefused(
-            f"{key} comes from PostgreSQL {doc['server']['version']}; the target runs "
-            f"{server_text}, older, which may not accept all of it",
-            "restore into a server of the same or a newer major version, or add --force")
+    server_major = check_target_version(key, doc, target, force)
     scope = _new_database(target, create_db, key) if create_db else contextlib.nullcontext(target)
     with scope as settings:
         if not create_db and not force and target_tables(settings):

@@ -42,7 +42,7 @@ from .dump_entries import name_after, qualified_name, quote_ident, relation_of, 
 from .errors import BackupCorrupt, RestoreFailed, RestoreRefused
 from .reading import Broken
 from .restore import (DumpTransactions, PsqlTransaction, _check_tools, _filter_for, _ident,
-                      read_manifest, server_version, target_tables)
+                      check_target_version, no_table_index, read_manifest, target_tables)
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,6 @@ _COPY_LINE = re.compile(rb"^COPY ([^\n]*?) (\([^\n]*\) )?FROM stdin;\n", re.M)
 # psql's undefined-object errors (VERBOSITY verbose prints the SQLSTATE): a dependency the
 # name search missed; the transaction rolled back.
 _UNDEFINED = re.compile(r"ERROR:\s+(42704|42883|42P01|3F000|42703): ([^\n]*)")
-OLD_MANIFEST = ("{key} has no table index (it was made before l2c-backup could cut one): "
-                "restore it whole, without --table / --jobs")
 
 
 def restore_tables(storage, key, target, tables, into_schema=None, force=False, progress=None,
@@ -82,17 +80,11 @@ def restore_tables(storage, key, target, tables, into_schema=None, force=False, 
     doc = read_manifest(storage, key)
     index = manifest.sections_of(doc)
     if index is None:
-        raise RestoreRefused(OLD_MANIFEST.format(key=key),
-                             "restore the whole backup into an empty database (--create-db), "
-                             "then copy the table from there")
+        raise no_table_index(key, "restore the whole backup into an empty database "
+                                  "(--create-db), then copy the table from there")
     psql = find_pg_tool("psql")
     psql_text, psql_num = pg_tool_version(psql)
-    server_text, server_num = server_version(target)
-    if server_num // 10000 < doc["server"]["version_num"] // 10000 and not force:
-        raise RestoreRefused(
-            f"{key} comes from PostgreSQL {doc['server']['version']}; the target runs "
-            f"{server_text}, older, which may not accept all of it",
-            "restore into a server of the same or a newer major version, or add --force")
+    server_major = check_target_version(key, doc, target, force)
     budget = _Budget(progress, doc["object"]["size"])
     pre = _read_whole(storage, key, doc, _one(index, "pre-data", key), budget)
     preamble, pre_entries = split_entries(pre)
@@ -113,7 +105,7 @@ def restore_tables(storage, key, target, tables, into_schema=None, force=False, 
         values = b"".join(_read_whole(storage, key, doc, s, budget) for s in found)
         sequence_values = plan.sequence_values(split_entries(values)[1])
     _check_tools(preamble, psql_num, psql_text)
-    preamble = _filter_for(server_num // 10000)(preamble)
+    preamble = _filter_for(server_major)(preamble)
     restrict = _RESTRICT.search(preamble)
     sql = plan.sql(preamble)
     result = _run(storage, key, doc, target, psql, plan, sql, sequence_values,
