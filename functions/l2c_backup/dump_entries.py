@@ -20,6 +20,8 @@ holds one section in memory, never table data (it could, COPY rows are skipped).
 import re
 from dataclasses import dataclass
 
+from .sections import quote_end, quote_opened
+
 _HEADER = re.compile(
     rb"--\n-- (?P<data>Data for )?Name: (?P<name>[^\n]*?); Type: (?P<type>[^\n]*?); "
     rb"Schema: (?P<schema>[^\n]*?); Owner: (?P<owner>[^\n]*?)(?:; Tablespace: [^\n]*)?\n--\n")
@@ -33,8 +35,6 @@ _TOKEN = re.compile(
     rb"(?P<line>--)|/\*|"
     rb"^(?P<copy>COPY [^\n]* FROM stdin;\n)|^(?P<meta>\\)", re.M)
 _COPY_END = re.compile(rb"^\\\.\n", re.M)
-_E_STRING_END = re.compile(rb"\\.|'", re.S)
-_BLOCK = re.compile(rb"/\*|\*/")
 
 
 @dataclass(frozen=True)
@@ -74,43 +74,23 @@ def split_entries(sql):
 
 def _header_starts(sql):
     """Offsets of the entry headers: `--` lines at the start of a line, outside string
-    literals, quoted identifiers, block comments and COPY data."""
+    literals, quoted identifiers, comments (sections.quote_end) and COPY data."""
     pos = 0
-    while True:
-        found = _TOKEN.search(sql, pos)
-        if found is None:
-            return
-        at, token = found.start(), found.group(0)
-        if found["line"]:
-            if (at == 0 or sql[at - 1:at] == b"\n") and _HEADER.match(sql, at):
-                yield at
-                pos = _HEADER.match(sql, at).end()
-            else:
-                pos = _line_end(sql, at)
+    while (found := _TOKEN.search(sql, pos)) is not None:
+        at = found.start()
+        header = (_HEADER.match(sql, at) if found["line"] and (at == 0 or sql[at - 1:at] == b"\n")
+                  else None)
+        if header is not None:
+            yield at
+            pos = header.end()
         elif found["copy"]:
             end = _COPY_END.search(sql, found.end())
             pos = end.end() if end else len(sql)
         elif found["meta"]:
             pos = _line_end(sql, at)
-        elif found["dollar"]:
-            end = sql.find(found["dollar"], found.end())
-            pos = end + len(found["dollar"]) if end >= 0 else len(sql)
-        elif found["e"]:
-            pos = found.end()
-            while (step := _E_STRING_END.search(sql, pos)) and step.group(0) != b"'":
-                pos = step.end()
-            pos = step.end() if step else len(sql)
-        elif token in (b"'", b'"'):
-            # A doubled quote inside is an escaped one: the scan just goes on after it.
-            end = sql.find(token, found.end())
-            pos = end + 1 if end >= 0 else len(sql)
-        else:  # /* nested */ comment
-            depth, pos = 1, found.end()
-            while depth and (step := _BLOCK.search(sql, pos)):
-                depth += 1 if step.group(0) == b"/*" else -1
-                pos = step.end()
-            if depth:
-                pos = len(sql)
+        else:  # a string, a quoted name, a comment: to its end (or the end of the SQL)
+            end = quote_end(quote_opened(found), sql, found.end())
+            pos = len(sql) if end is None else end
 
 
 def _line_end(sql, at):

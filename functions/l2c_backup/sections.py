@@ -107,7 +107,7 @@ class Sectioner:
         """Passes SQL on up to the next header (cutting there when it starts a section),
         or up to what cannot be decided yet; returns (position, waiting for more)."""
         if self._quote is not None:  # inside a string, quoted name or comment
-            end = _quote_end(self._quote, buf, pos)
+            end = quote_end(self._quote, buf, pos)
             if end is None:
                 if self._quote[0] in ("E", "/*"):  # backslash escapes, nesting: wait whole
                     return pos, True
@@ -126,7 +126,7 @@ class Sectioner:
         if header is None:  # a quote or comment opens: its end may be far
             opened = token.start() + 2 if token["header"] else token.end()  # a -- line
             yield from self._emit(buf[pos:opened])
-            self._quote = (b"--",) if token["header"] else _opened(token)
+            self._quote = (b"--",) if token["header"] else quote_opened(token)
             return opened, False
         yield from self._emit(buf[pos:header.start()])
         kind = self._kind_of(header)
@@ -193,7 +193,8 @@ class Sectioner:
 
 # Outside COPY data a header is only a header outside string literals, quoted names and
 # comments: a function body or a COMMENT may hold text that reads exactly like one. So the
-# SQL is followed token by token (as dump_entries.py does for a whole section).
+# SQL is followed token by token (dump_entries.py does the same over a whole section,
+# with quote_opened and quote_end).
 _WORD = rb"A-Za-z0-9_\x80-\xff$"
 _TOKEN = re.compile(
     rb"(?P<header>^--\n-- (?:Data for )?Name: )|(?P<e>(?<![" + _WORD + rb"])[Ee]')|'|\"|"
@@ -204,7 +205,7 @@ _E_STRING = re.compile(rb"\\.|'", re.S)
 _BLOCK = re.compile(rb"/\*|\*/")
 
 
-def _opened(token):
+def quote_opened(token):
     """The quote a token opens: ("'",), ("E",), ('"',), ("$", tag), ("--",), ("/*", depth)."""
     text = token.group()
     if token["e"]:
@@ -216,7 +217,7 @@ def _opened(token):
     return (text,)
 
 
-def _quote_end(quote, buf, pos):
+def quote_end(quote, buf, pos):
     """Where the quote ends in buf (after its closing bytes), or None if not in buf: then
     the quote may have changed (a block comment's depth) and is updated in place."""
     kind = quote[0]
