@@ -341,6 +341,29 @@ def test_a_jobs_restore_killed_leaves_a_marked_database_that_the_next_run_replac
     assert table_digests(pg_cluster, db) == table_digests(pg_cluster, "pr_gated_src")
 
 
+def test_a_table_restore_killed_mid_copy_leaves_the_target_as_it_was(pg_cluster, gated):
+    """restore --table runs in one transaction of ours: killed while its COPY is held,
+    whatever psql then makes of the end of its input, the server never commits."""
+    db = "pr_table_sigkill"
+    pg_cluster.create_database(db)
+    directory, gate = gated
+    gate.unlink()
+    try:
+        proc = cli(KEY, "--from", str(directory), "--target-url", pg_cluster.url(db),
+                   "--table", "public.gated")
+        wait_for(lambda: waiting_at_the_gate(pg_cluster, db), "the COPY into public.gated "
+                 "to wait", proc=proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        gate.touch()  # the orphaned psql's COPY goes on, reads the end of its input, ends
+    assert proc.returncode == -signal.SIGKILL
+    wait_for(lambda: sessions_on(pg_cluster, db) == 0 and not psql_processes_on(db),
+             "the orphaned psql to end")
+    assert pg_cluster.psql("SELECT to_regclass('public.gated') IS NULL, "
+                           "to_regproc('public.gate_open') IS NULL", db).strip() == "t\tt"
+
+
 def test_index_builds_wait_for_their_own_tables_data_only():
     """Builds overlap the data: each waits for its table's COPY, not for all of them;
     one on a table without data of its own (a partitioned table) waits for all."""
