@@ -66,10 +66,11 @@ def clean(storage, older_than_seconds, now=None):
 
 
 def _ours(prefix, key):
-    """A backup key (or a sidecar written beside one: manifest, claim, tags)."""
-    cut = key.find(names.SUFFIX + ".")
-    base = key[:cut + len(names.SUFFIX)] if cut >= 0 else key
-    return bool(names.parse_backup_key(prefix, base) or names.is_globals_key(prefix, base))
+    """A backup key, plain or encrypted (or a sidecar written beside one: manifest, claim,
+    tags): the key itself, or one that starts with a backup key and a dot."""
+    cuts = [len(key)] + [at for at, char in enumerate(key) if char == "."]
+    return any(names.parse_backup_key(prefix, key[:at]) or names.is_globals_key(prefix, key[:at])
+               for at in cuts)
 
 
 def _describe(storage, item, age):

@@ -45,7 +45,8 @@ LOCAL_KEEP = 10  # PLAN §3: the local tier keeps the newest 10
 # deleted when the run ends (claims.py). A sidecar like the others.
 CLAIM_SUFFIX = claims.SUFFIX
 SIDECARS = (names.MANIFEST_SUFFIX, VERIFY_SUFFIX, CLAIM_SUFFIX)
-_CLAIM = re.compile(rf"^(?P<owner>.+{re.escape(names.SUFFIX)})\.(?:[1-9][0-9]*\.)?claim$")
+_CLAIM = re.compile(rf"^(?P<owner>.+(?:{'|'.join(map(re.escape, names.SUFFIXES))}))"
+                    r"\.(?:[1-9][0-9]*\.)?claim$")
 # An object without manifest younger than this may belong to a run still writing it: a
 # multipart object can be dated from the start of its upload, and an FC run lasts at most
 # 24 h; 2 h more for retries and clock skew. The bound of unfinished uploads too.
@@ -106,7 +107,7 @@ def parse(prefix, key):
         return Backup(key, kind, database or "", stamp)
     if names.is_globals_key(prefix, key):
         kind = key[len(prefix):].split("/", 1)[0]
-        stamp = key.rsplit("globals_", 1)[1][:-len(names.SUFFIX)]
+        stamp = key.rsplit("globals_", 1)[1][:-len(names.suffix(names.is_encrypted_key(key)))]
         return Backup(key, kind, "globals", stamp)
     return None
 
