@@ -514,7 +514,7 @@ class Encryptor:
                 held += view[:take]
                 pos, left = take, left - take
                 if left:  # more follows: the held chunk is not the last
-                    yield self._out(seal(_chunk_nonce(index, False), bytes(held), None))
+                    yield self._out(seal(_chunk_nonce(index, False), held, None))
                     index += 1
                     held.clear()
             while left > CHUNK:
@@ -523,7 +523,7 @@ class Encryptor:
                 pos, left = pos + CHUNK, left - CHUNK
             if left:
                 held += view[pos:]
-        yield self._out(seal(_chunk_nonce(index, True), bytes(held), None))
+        yield self._out(seal(_chunk_nonce(index, True), held, None))
 
 
 def _wrap_lines(b64):
@@ -576,9 +576,10 @@ class Decryptor:
         self._payload = _Payload(self._file_key, bytes(self._start[self.header_length:base]),
                                  base, self.name)
         del self._file_key
-        rest = bytes(self._start[base:])
+        # the payload's first bytes are the tail of `data`: no copy of them is kept
+        seen_before = len(self._start) - len(data)
         self._start = None
-        return rest
+        return memoryview(data)[base - seen_before:]
 
     def _not_last(self, sealed):
         """Opens a full chunk known to be followed by more bytes."""
@@ -610,7 +611,7 @@ class Decryptor:
             self._held += view[:take]
             pos, left = take, left - take
             if left:
-                out.append(self._not_last(bytes(self._held)))
+                out.append(self._not_last(self._held))
                 self._held.clear()
         while left > SEALED:
             out.append(self._not_last(view[pos:pos + SEALED]))
