@@ -198,6 +198,7 @@ def test_what_we_encrypt_age_decrypts(tmp_path, alice, bob, size, two):
         done = age_decrypt(keyfile, sealed, tmp_path)
         assert done.returncode == 0, done.stderr
         assert done.stdout == data
+    assert decrypt([alice[1]], sealed, piece=65552, size=len(sealed)) == data
     if not two:
         assert refused(bob[0], sealed, tmp_path)
 

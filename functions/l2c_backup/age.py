@@ -190,7 +190,7 @@ class Identity:
         except InvalidTag:
             return None
 
-    def secret_text(self):
+    def _secret_text(self):
         """The AGE-SECRET-KEY-1... line: for writing a key file (generate), nothing else."""
         raw = self._key.private_bytes_raw()
         return bech32_encode(IDENTITY_HRP, raw).upper()
@@ -199,7 +199,7 @@ class Identity:
 def generate():
     """A new identity: (its AGE-SECRET-KEY-1... text, its age1... recipient)."""
     identity = Identity(X25519PrivateKey.generate())
-    return identity.secret_text(), identity.recipient
+    return identity._secret_text(), identity.recipient
 
 
 def _looks_secret(entry):
@@ -552,15 +552,17 @@ class Decryptor:
         self.size = 0  # ciphertext bytes fed
         self.payload_size = 0  # plaintext bytes returned
         self._start = bytearray()  # the header and nonce while they come in
+        self._mark = None  # where the header's "\n---" line starts, once seen
         self._payload = None
         self._held = bytearray()  # at most SEALED bytes: the chunk that may be the last
         self._index = 0
         self._done = False
 
     def _begin(self, data):
+        before = len(self._start)
         self._start += data
         if self.header is None:
-            end = _header_end(self._start)
+            end = self._header_end(before)
             if end is None:
                 if len(self._start) >= HEADER_MAX or not (
                         self._start.startswith(_INTRO) or _INTRO.startswith(self._start)):
@@ -580,6 +582,17 @@ class Decryptor:
         seen_before = len(self._start) - len(data)
         self._start = None
         return memoryview(data)[base - seen_before:]
+
+    def _header_end(self, before):
+        """_header_end of what came so far, looking only at bytes not searched before
+        (a header fed a byte at a time stays linear)."""
+        if self._mark is None:
+            mark = self._start.find(b"\n---", max(0, before - 3))
+            if mark < 0:
+                return None
+            self._mark, before = mark, mark + 4
+        end = self._start.find(b"\n", max(self._mark + 4, before))
+        return None if end < 0 else end + 1
 
     def _not_last(self, sealed):
         """Opens a full chunk known to be followed by more bytes."""
