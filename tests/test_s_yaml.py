@@ -134,7 +134,7 @@ def test_resolved_props_carry_only_fields_of_the_devsapp_fc_spec_with_valid_valu
 
 def test_config_accepts_every_functions_resolved_environment(resolved):
     for name, environ in environments(resolved).items():
-        assert sorted(environ) == config.function_variables(), name
+        assert sorted(environ) == config.function_variables(name), name
         cfg = config.load(environ, credentials=("sample-id", "sample-secret", ""))
         assert cfg.target == "oss://l2c-backups/db-backups/", name
         assert cfg.with_globals is False and cfg.prune_after_backup is True  # empty = default

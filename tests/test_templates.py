@@ -125,9 +125,15 @@ def test_declared_environment_equals_what_the_config_schema_accepts():
     for name in S_FUNCS:
         s_env = S_FUNCS[name]["function"]["environmentVariables"]
         t_env = T_FUNCS[name]["EnvironmentVariables"]
-        assert sorted(s_env) == sorted(t_env) == function_variables(), name
+        assert sorted(s_env) == sorted(t_env) == function_variables(name), name
         assert all(v == f"${{env.{k}}}" for k, v in s_env.items())  # from the deployer's env
         assert all(set(v) == {"Ref"} and v["Ref"] in PARAMETERS for v in t_env.values())  # parameters
+
+
+def test_only_the_drill_function_is_given_the_age_identity():
+    holders = [name for name in S_FUNCS if "BACKUP_AGE_IDENTITY" in S_FUNCS[name]["function"]["environmentVariables"]]
+    assert holders == [name for name in T_FUNCS if "BACKUP_AGE_IDENTITY" in T_FUNCS[name]["EnvironmentVariables"]] == ["drill"]
+    assert PARAMETERS["BackupAgeIdentity"]["NoEcho"] is True
 
 
 def test_with_several_databases_the_backup_function_invokes_itself_through_its_own_api():

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from . import __version__, alerts, claims, deflate_engine, leftovers, manifest, names
+from . import __version__, age, alerts, claims, deflate_engine, leftovers, manifest, names
 from .compress import gzip_members
 from .database import Snapshot, inspect, list_databases
 from .dump import PgDump, check_dump_compatible, find_pg_tool, globals_dump, pg_tool_version
@@ -57,10 +57,11 @@ class _Meter:
     """Counts and hashes the compressed stream on its way to storage, and enforces the
     time budget between chunks (so a stuck upload or dump cannot run past FC's timeout)."""
 
-    def __init__(self, deadline, progress, on_first_chunk=None, sectioner=None):
+    def __init__(self, deadline, progress, on_first_chunk=None, sectioner=None, encryptor=None):
         self.on_first_chunk = on_first_chunk  # pg_dump has started: its snapshot is taken
         self.sectioner = sectioner  # a database dump's: the table index is built here
         self.index = IndexBuilder(sectioner) if sectioner else None
+        self.encryptor = encryptor  # age.Encryptor: what is stored is these gzip bytes sealed
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.members = 0
@@ -257,7 +258,7 @@ def databases_to_back_up(config):
     return config.databases or [config.database.dbname]
 
 
-def _choose_key(storage, kind, when, folder):
+def _choose_key(storage, kind, when, folder, encrypted=False):
     """The key for this run, or (key, reason) when this kind's backup already exists.
 
     daily and weekly are one per day / week: a repeated run (timers deliver at least
@@ -267,14 +268,19 @@ def _choose_key(storage, kind, when, folder):
     a numbered name."""
     collision = 0
     while True:
-        key = names.backup_key(storage.prefix, kind, when, folder, collision)
+        key = names.backup_key(storage.prefix, kind, when, folder, collision, encrypted)
+        # the slot's backup made before BACKUP_AGE_RECIPIENTS was set or cleared
+        other = names.backup_key(storage.prefix, kind, when, folder, collision, not encrypted)
         has_object = _storage(storage, storage.head, key) is not None
         has_manifest = _storage(storage, storage.head, names.manifest_key(key)) is not None
         if kind != "manual":
             if has_object and has_manifest:
                 return key, f"the {kind} backup {key} already exists"
+            if _storage(storage, storage.head, names.manifest_key(other)) is not None:
+                return other, f"the {kind} backup {other} already exists"
             return key, ""
-        if not has_object and not has_manifest:
+        if not (has_object or has_manifest or _storage(storage, storage.head, other)
+                or _storage(storage, storage.head, names.manifest_key(other))):
             return key, ""
         collision += 1
 
@@ -289,7 +295,7 @@ def backup_database(config, storage, kind, settings, when, pg_dump_path, request
         info = snapshot.info
         pg_dump_version, pg_dump_num = pg_tool_version(pg_dump_path)
         check_dump_compatible(pg_dump_num, info.server_version_num)
-        key, skipped = _choose_key(storage, kind, when, folder)
+        key, skipped = _choose_key(storage, kind, when, folder, bool(config.age_recipients))
         if skipped:
             log.info("%s; nothing to do", skipped)
             return Outcome(settings.dbname, key, names.manifest_key(key), skipped=skipped)
@@ -341,10 +347,12 @@ def backup_globals(config, storage, kind, when, request_id="", deadline=None, ti
     version, num = pg_tool_version(pg_dumpall)
     check_dump_compatible(num, info.server_version_num)
     info.table_rows, info.database_size = {}, 0  # a globals dump holds no table
-    key = names.globals_key(storage.prefix, kind, when)
-    if kind != "manual" and _storage(storage, storage.head, names.manifest_key(key)):
-        return Outcome("(globals)", key, names.manifest_key(key),
-                       skipped=f"the {kind} globals backup {key} already exists")
+    encrypted = bool(config.age_recipients)
+    key = names.globals_key(storage.prefix, kind, when, encrypted)
+    for done in (key, names.globals_key(storage.prefix, kind, when, not encrypted)):
+        if kind != "manual" and _storage(storage, storage.head, names.manifest_key(done)):
+            return Outcome("(globals)", done, names.manifest_key(done),
+                           skipped=f"the {kind} globals backup {done} already exists")
     if tidy:
         tidy()
     with _one_run(config, storage, kind, key, request_id) as skipped:
@@ -365,7 +373,8 @@ def _backup_stream(config, storage, kind, key, settings, info, tool_version, pro
         log.info("backing up %s of %s (%d bytes on disk) to %s", content, settings.dbname,
                  info.database_size, location)
         meter = _Meter(deadline, progress, on_first_chunk,
-                       Sectioner() if content == "database" and config.table_index else None)
+                       Sectioner() if content == "database" and config.table_index else None,
+                       age.Encryptor(config.age_recipients) if config.age_recipients else None)
         with process, _Watchdog(deadline, process) as watchdog, \
                 wake_on_stop(lambda: _end_dump(process)):
             try:
@@ -422,9 +431,12 @@ def _store(storage, key, process, meter, config, expected_size, overwrite):
     if meter.sectioner:  # each section starts a member: the table index (sections.py)
         chunks = meter.sectioner.pieces(chunks)
     members = gzip_members(chunks, config.gzip_level, config.gzip_workers or None, BLOCK_SIZE)
+    stream = meter.wrap(members, process)
+    if meter.encryptor:  # after the meter: sizes, hashes and the index count the gzip bytes
+        stream = meter.encryptor.wrap(stream)
     with contextlib.closing(members):  # stops the compression threads on any failure
-        return _storage(storage, storage.put_stream, key, meter.wrap(members, process),
-                        expected_size, overwrite=overwrite)
+        return _storage(storage, storage.put_stream, key, stream, expected_size,
+                        overwrite=overwrite)
 
 
 def _storage(storage, call, key, *args, **kwargs):
@@ -454,6 +466,17 @@ def _storage_errors(storage, action, key):
                            "check free space and permissions of the backup directory") from None
 
 
+def _client_side(meter):
+    """The manifest's encryption.client_side: which public keys open the object, and
+    where its gzip payload is (readers map member and section offsets through it)."""
+    sealed = meter.encryptor
+    if sealed is None:
+        return None
+    return {"format": age.FORMAT, "recipients": list(sealed.recipients),
+            "header_length": sealed.header_length, "payload_size": meter.size,
+            "payload_sha256": meter.sha256.hexdigest()}
+
+
 def _manifest(config, storage, kind, key, settings, info, pg_dump_version, stored, meter,
               sql_bytes, started_at, started, request_id, content):
     finished_at = names.now()
@@ -464,7 +487,8 @@ def _manifest(config, storage, kind, key, settings, info, pg_dump_version, store
     document = {
         "format": manifest.FORMAT, "kind": kind, "content": content, "key": key,
         "storage": storage.url, "database": settings.dbname,
-        "object": {"size": stored.size, "sha256": meter.sha256.hexdigest(),
+        "object": {"size": stored.size,
+                   "sha256": (meter.encryptor or meter).sha256.hexdigest(),
                    "crc64ecma": stored.crc64, "etag": stored.etag, "version_id": stored.version_id,
                    "parts": stored.parts, "part_size": stored.extra.get("part_size", 0)},
         "sql_bytes": sql_bytes,
@@ -479,7 +503,8 @@ def _manifest(config, storage, kind, key, settings, info, pg_dump_version, store
         "database_size": info.database_size,
         "table_rows": info.table_rows,
         "encryption": {"server_side": (oss.server_side_encryption or None) if oss else None,
-                       "kms_key_id": (oss.kms_key_id or None) if oss else None},
+                       "kms_key_id": (oss.kms_key_id or None) if oss else None,
+                       "client_side": _client_side(meter)},
         "request_id": request_id,
         "tool": {"name": "l2c-backup", "version": __version__},
     }

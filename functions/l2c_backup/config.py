@@ -56,6 +56,17 @@ ENV_SCHEMA = {
         "KEEP_MANUAL": _COUNT,
         "PRUNE_AFTER_BACKUP": _FLAG,
         "BACKUP_TABLE_INDEX": _FLAG,
+        # Client-side encryption (age.py): backups are written to these public keys; only
+        # restore, drill, mirror check and full verify read an identity, and the functions
+        # that need none are not given it (template.yml, s.yaml).
+        "BACKUP_AGE_RECIPIENTS": {
+            "type": "string", "pattern": r"^[\s,]*(age1[02-9ac-hj-np-z]{58}[\s,]*)+$",
+            "description": "age public keys (age1..., as age-keygen prints them; never the "
+                           "AGE-SECRET-KEY), separated by commas"},
+        "BACKUP_AGE_IDENTITY": {"type": "string", "pattern": "AGE-SECRET-KEY-1", "x-functions": ["drill"],
+                                "description": "the text of an age key file (AGE-SECRET-KEY-1... lines)"},
+        "BACKUP_AGE_IDENTITY_FILE": {"type": "string", "minLength": 1, "x-cli-only": True,
+                                     "description": "the path of an age key file"},
         "OSS_SSE_KMS_KEY_ID": {"type": "string", "minLength": 1, "description": "a KMS key id"},
         "PG_BIN_DIR": {"type": "string", "minLength": 1,
                        "description": "a directory holding pg_dump and psql"},
@@ -94,9 +105,11 @@ ENV_SCHEMA = {
 }
 
 
-def function_variables():
-    """The variables an FC function may be configured with (the templates declare these)."""
-    return sorted(k for k, v in ENV_SCHEMA["properties"].items() if not v.get("x-cli-only"))
+def function_variables(function=None):
+    """The variables FC function `function` may be configured with (the templates declare
+    these): all but the CLI's, and those kept for some functions only where they belong."""
+    return sorted(k for k, v in ENV_SCHEMA["properties"].items() if not v.get("x-cli-only")
+                  and function in v.get("x-functions", [function]))
 
 
 def _flag(value):
@@ -167,6 +180,7 @@ class BackupConfig:
     keep: dict = field(default_factory=dict)  # kind -> backups kept by the prune
     prune_after_backup: bool = True
     table_index: bool = True  # cut sections and index them (restore --table / --jobs)
+    age_recipients: list = field(default_factory=list)  # [] = not encrypted on our side
 
     def __repr__(self):
         return f"BackupConfig(database={self.database!r}, target={self.target!r}, oss={self.oss!r})"
@@ -249,6 +263,47 @@ def drill_restore_jobs(environ=None):
     return setting(environ, "DRILL_RESTORE_JOBS", None, int) or min(default_workers(), 32)
 
 
+def age_recipients(environ=None):
+    """BACKUP_AGE_RECIPIENTS: the public keys new backups are encrypted to ([] for none)."""
+    from . import age
+    return setting(environ, "BACKUP_AGE_RECIPIENTS", [],
+                   lambda text: age.parse_recipients(text, "BACKUP_AGE_RECIPIENTS"))
+
+
+def load_identities(environ=None):
+    """The age identities of BACKUP_AGE_IDENTITY (the key file's text) or
+    BACKUP_AGE_IDENTITY_FILE (its path); [] when neither is set. Their secret lines are
+    registered with the log redactor before anything else can see them."""
+    from . import age
+    environ = environment(environ)
+    text, path = environ.get("BACKUP_AGE_IDENTITY"), environ.get("BACKUP_AGE_IDENTITY_FILE")
+    if text and path:
+        raise ConfigInvalid("both BACKUP_AGE_IDENTITY and BACKUP_AGE_IDENTITY_FILE are set",
+                            "set only one of them")
+    source = "BACKUP_AGE_IDENTITY"
+    if path:
+        source = f"BACKUP_AGE_IDENTITY_FILE ({path})"
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigInvalid(f"cannot read the age key file {path} of BACKUP_AGE_IDENTITY_FILE: "
+                                f"{getattr(exc, 'strerror', None) or 'not a text file'}",
+                                "point BACKUP_AGE_IDENTITY_FILE at a key file age-keygen wrote") from None
+    if not text:
+        return []
+    register_secret(*_secret_lines(text))
+    return age.parse_identities(text, source)
+
+
+def _secret_lines(text):
+    """Every AGE-SECRET-KEY in a key file's text, as written and lower-cased (bech32's
+    other spelling), for the redactor."""
+    keys = [word for line in text.splitlines() for word in line.split()
+            if word.upper().startswith("AGE-SECRET-KEY-")]
+    return keys + [key.lower() for key in keys] + [key.upper() for key in keys]
+
+
 def manifest_wait(environ, default):
     """VERIFY_MANIFEST_WAIT_SECONDS: how long verify waits for a manifest still missing."""
     return setting(environ, "VERIFY_MANIFEST_WAIT_SECONDS", default, int)
@@ -273,4 +328,5 @@ def load(environ=None, database_url=None, target=None, credentials=None):
         timeout_seconds=int(environ.get("BACKUP_TIMEOUT_SECONDS", 0)),
         keep=keep_counts(environ, target),
         prune_after_backup=_flag(environ.get("PRUNE_AFTER_BACKUP", "true")),
-        table_index=_flag(environ.get("BACKUP_TABLE_INDEX", "true")))
+        table_index=_flag(environ.get("BACKUP_TABLE_INDEX", "true")),
+        age_recipients=age_recipients(environ))

@@ -22,7 +22,7 @@ MANIFEST_SCHEMA = {
         "format": {"const": FORMAT},
         "kind": {"enum": ["daily", "weekly", "manual"]},
         "content": {"enum": ["database", "globals"]},
-        "key": {"type": "string", "pattern": r"\.sql\.gz$"},
+        "key": {"type": "string", "pattern": r"\.sql\.gz(\.age)?$"},
         "storage": _TEXT,
         "database": _TEXT,
         "object": {
@@ -56,7 +56,20 @@ MANIFEST_SCHEMA = {
         "table_rows": {"type": "object", "additionalProperties": _SIZE},
         "encryption": {"type": "object", "properties": {
             "server_side": {"enum": [None, "AES256", "KMS", "SM4"]},
-            "kms_key_id": {"type": ["string", "null"]}}},
+            "kms_key_id": {"type": ["string", "null"]},
+            # age.py: the object is the gzip stream (the payload) encrypted to these
+            # public keys; member sizes and the index count the payload's bytes
+            "client_side": {"type": ["object", "null"],
+                            "required": ["format", "recipients", "header_length",
+                                         "payload_size", "payload_sha256"],
+                            "properties": {
+                                "format": {"const": "age-encryption.org/v1"},
+                                "recipients": {"type": "array", "minItems": 1, "items": {
+                                    "type": "string", "pattern": "^age1[02-9ac-hj-np-z]{58}$"}},
+                                "header_length": {"type": "integer", "minimum": 1},
+                                "payload_size": _SIZE,
+                                "payload_sha256": {"type": "string",
+                                                   "pattern": "^[0-9a-f]{64}$"}}}}},
         "request_id": _TEXT,
         "tool": {"type": "object", "required": ["name", "version"]},
         # sections.py: where each section (pre-data, a table's data, ...) is in the object
@@ -87,12 +100,13 @@ def validate(manifest):
     except jsonschema.ValidationError as err:
         where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
         raise ValueError(f"manifest field {where}: {err.message}") from None
-    compression, size = manifest["compression"], manifest["object"]["size"]
+    _check_client_side(manifest)
+    compression, size = manifest["compression"], payload_size(manifest)
     sizes = compression.get("member_sizes")
-    # Readers slice the object by these sizes: they must tile it exactly.
+    # Readers slice the payload by these sizes: they must tile it exactly.
     if sizes is not None and sum(sizes) != size:
         raise ValueError(f"manifest field compression/member_sizes: they add up to "
-                         f"{sum(sizes)} bytes, the object has {size}")
+                         f"{sum(sizes)} bytes, the {_payload(manifest)} has {size}")
     if sizes is not None and compression.get("members", len(sizes)) != len(sizes):
         raise ValueError(f"manifest field compression/member_sizes: {len(sizes)} sizes "
                          f"for {compression['members']} members")
@@ -121,13 +135,44 @@ def _check_index(manifest):
         offset += section["length"]
         sql_offset += section["sql_length"]
         member += section["members"]
-    if (offset, sql_offset) != (manifest["object"]["size"], manifest["sql_bytes"]):
+    if (offset, sql_offset) != (payload_size(manifest), manifest["sql_bytes"]):
         raise ValueError(f"manifest field index/sections: they take {offset} bytes and "
-                         f"{sql_offset} of SQL; the object has {manifest['object']['size']} "
-                         f"and {manifest['sql_bytes']}")
+                         f"{sql_offset} of SQL; the {_payload(manifest)} has "
+                         f"{payload_size(manifest)} and {manifest['sql_bytes']}")
     if member != manifest["compression"].get("members", member):
         raise ValueError(f"manifest field index/sections: they take {member} members of "
                          f"{manifest['compression']['members']}")
+
+
+def _check_client_side(manifest):
+    """An encrypted object is named .age, and its size is what age makes of the payload:
+    readers map the payload's offsets to its chunks by these numbers."""
+    sealed, key = client_side(manifest), manifest["key"]
+    if bool(sealed) != key.endswith(".age"):
+        raise ValueError(f"manifest field encryption/client_side: {'set' if sealed else 'absent'} "
+                         f"for the key {key}; encrypted objects, and only they, end .sql.gz.age")
+    if sealed:
+        from . import age
+        expected = sealed["header_length"] + age.NONCE_SIZE + age.sealed_size(sealed["payload_size"])
+        if manifest["object"]["size"] != expected:
+            raise ValueError(f"manifest field object/size: {manifest['object']['size']} bytes; "
+                             f"an age header of {sealed['header_length']} and a payload of "
+                             f"{sealed['payload_size']} make {expected}")
+
+
+def client_side(doc):
+    """encryption.client_side of a manifest: how the object is encrypted, or None."""
+    return ((doc or {}).get("encryption") or {}).get("client_side") or None
+
+
+def payload_size(doc):
+    """The gzip stream's size: the object's, or the encrypted object's payload."""
+    sealed = client_side(doc)
+    return sealed["payload_size"] if sealed else doc["object"]["size"]
+
+
+def _payload(doc):
+    return "encrypted object's payload" if client_side(doc) else "object"
 
 
 def sections_of(doc):
