@@ -17,7 +17,13 @@ directory to `keep`. Safety rules:
   checks what is there again with the rest and asks only for the rest
   (`open(key, offset=)`); a different ETag means another object, so it starts over;
 - a run in which any copy failed deletes nothing from the directory;
-- one run at a time per directory (a lock file): two would append to the same partial.
+- one run at a time per directory (a lock file): two would append to the same partial;
+- an encrypted backup (`.sql.gz.age`) is copied byte for byte, ciphertext only (a leaked
+  mirror disk reveals no row): with an age identity that its manifest lists as a
+  recipient (`identities`, BACKUP_AGE_IDENTITY_FILE for the command) its content is
+  checked as above while it is decrypted in memory; without one, its size, SHA-256 and
+  age header against the manifest (verify.StoredBytes), and its item says
+  `content_checked: false`.
 """
 import hashlib
 import json
@@ -26,12 +32,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from . import archive, manifest, names, prune
+from . import age, archive, manifest, names, prune
 from .errors import BackupCorrupt, ConfigInvalid, StorageFailed, UploadFailed
 from .logs import bound
 from .reading import READ_SIZE, Broken, ObjectReader, member_cap, member_sizes
 from .retry import describe
 from .storage.directory import PARTIAL, DirectoryStorage
+from .verify import NEEDS_IDENTITY, StoredBytes, check_sealed
 
 try:
     import fcntl
@@ -53,6 +60,8 @@ class Item:
     resumed_from: int = 0  # bytes of an earlier run's partial that were kept
     detail: str = ""
     hint: str = ""  # what to do, when the storage refused
+    # False: an encrypted backup checked without its identity (stored bytes and header)
+    content_checked: bool = True
 
 
 @dataclass
@@ -118,13 +127,16 @@ def select(source, kinds, keep):
     return [listed[b.key] for b in order], sorted(without_manifest)
 
 
-def mirror(source, dest_root, keep, kinds=None, chunk_size=CHUNK_SIZE, wait_archive=True):
+def mirror(source, dest_root, keep, kinds=None, chunk_size=CHUNK_SIZE, wait_archive=True,
+           identities=()):
     """Mirrors the newest `keep` (a number, or {kind: number}) backups of each kind from
     the `source` storage into the directory `dest_root`, then prunes the directory to the
     same count. Returns a MirrorReport; when a copy failed, raises BackupCorrupt (bytes
     that do not match their manifest) or StorageFailed (a storage refused or could not
     be reached, either side), naming each key, with the report as `.report`, after
-    copying everything else. A source that cannot be listed is StorageFailed at once."""
+    copying everything else. A source that cannot be listed is StorageFailed at once.
+    Encrypted backups are checked whole with those of `identities` (age.Identity) that
+    their manifests list as recipients, else as stored."""
     started = time.monotonic()
     kinds = list(kinds or names.KINDS)
     keep = dict.fromkeys(kinds, keep) if isinstance(keep, int) else {k: keep[k] for k in kinds}
@@ -150,7 +162,7 @@ def mirror(source, dest_root, keep, kinds=None, chunk_size=CHUNK_SIZE, wait_arch
             wait=wait_archive, command="`l2c-backup mirror`")
         for obj in chosen:
             with bound(key=obj.key):
-                report.items.append(_mirror_one(source, dest, obj, chunk_size))
+                report.items.append(_mirror_one(source, dest, obj, chunk_size, identities))
         report.partials_removed = _remove_stale_partials(dest, kinds, {o.key for o in chosen})
         if not report.failed:
             decisions = prune.prune(dest, kinds, keep)
@@ -175,7 +187,7 @@ def mirror(source, dest_root, keep, kinds=None, chunk_size=CHUNK_SIZE, wait_arch
     return report
 
 
-def _mirror_one(source, dest, obj, chunk_size):
+def _mirror_one(source, dest, obj, chunk_size, identities=()):
     item = Item(obj.key)
     try:
         doc_bytes = b"".join(source.open(names.manifest_key(obj.key)))
@@ -196,7 +208,7 @@ def _mirror_one(source, dest, obj, chunk_size):
             dest.put_bytes(names.manifest_key(obj.key), doc_bytes)
             item.action, item.detail = "skipped", "manifest written"
             return item
-        item.resumed_from = _fetch(source, obj, path, doc, chunk_size, item)
+        item.resumed_from = _fetch(source, obj, path, doc, chunk_size, item, identities)
         dest.put_bytes(names.manifest_key(obj.key), doc_bytes)  # last, as backup writes it
         if state == "damaged":
             item.action, item.detail = "replaced", "the local copy did not match its manifest"
@@ -246,18 +258,20 @@ def _partial_paths(path):
     return partial, partial + SOURCE_SUFFIX
 
 
-def _fetch(source, obj, path, doc, chunk_size, item):
+def _fetch(source, obj, path, doc, chunk_size, item, identities=()):
     """Streams the object into its partial and renames it into place once it matches the
     manifest. Returns the bytes of an earlier run's partial that were kept; counts the
     bytes read from the source in item.bytes."""
     partial, sidecar = _partial_paths(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     expected = (doc["object"]["size"], doc["object"]["sha256"])
-    sizes, cap = member_sizes(doc, obj.size), member_cap(doc)
+    check = _Check(doc, obj.size, identities)
+    if not check.content:
+        item.content_checked, item.detail = False, NEEDS_IDENTITY
     for round_ in (1, 2):  # a mismatch is tried once more, from scratch
         copy = _Partial(partial, sidecar, obj.key, _etag(obj.etag), expected)
         try:
-            copy.fill(source, chunk_size, sizes, cap)
+            copy.fill(source, chunk_size, check)
             problem = copy.mismatch()
         except Mismatch as err:
             problem = str(err)
@@ -293,11 +307,12 @@ class _Partial:
         open(self.partial, "wb").close()
         self.size = 0
 
-    def fill(self, source, chunk_size, sizes, cap):
+    def fill(self, source, chunk_size, check):
         """Appends the rest of the object, from where the partial ends (the storage
         resumes a read cut short on its own, from the same object), and checks all of it:
-        the bytes already there and the new ones go through one ObjectReader (SHA-256,
-        every gzip member, the dump's ends) on threads, while they are written. Damage
+        the bytes already there and the new ones go through one reader (`check`: SHA-256,
+        every gzip member, the dump's ends, on threads; an encrypted object decrypted in
+        memory, or only hashed without its identity) while they are written. Damage
         stops the copy at once (Mismatch)."""
         reading = None
         try:
@@ -309,11 +324,16 @@ class _Partial:
                 if reading.start != self.size:  # the whole object was sent: start over with it
                     self._start_over()
                     self.resumed_from = 0
-            with ObjectReader(self._chunks(reading), sizes, cap) as content:
+            with check.reader(self._chunks(reading), self.key) as content:
                 content.run()
+            check.finish(content)
             self.sha256 = content.sha256
         except Broken as broken:
             raise Mismatch(f"{broken.reason}: {broken.detail}") from None
+        except ConfigInvalid:  # the identity the manifest names does not open the header
+            listed = ", ".join(i.recipient for i in check.openers)
+            raise Mismatch(f"age-header: its manifest lists {listed} among its recipients, "
+                           "but the header does not open with that identity") from None
         finally:
             if reading is not None:
                 reading.close()
@@ -352,6 +372,33 @@ class _Partial:
         if self.sha256 != self.expected_sha:
             return f"SHA-256 {self.sha256} read, the manifest says {self.expected_sha}"
         return None
+
+
+class _Check:
+    """How a copy's bytes are checked, from its manifest: a plain backup or an encrypted
+    one opened by one of `identities` through an ObjectReader (whole), an encrypted one
+    without such an identity by its stored bytes and age header (`content` False)."""
+
+    def __init__(self, doc, size, identities):
+        self.doc, self.size = doc, size
+        self.sealed = manifest.client_side(doc)
+        self.openers = ([i for i in identities if i.recipient in self.sealed["recipients"]]
+                        if self.sealed else [])
+        self.content = not self.sealed or bool(self.openers)
+
+    def reader(self, chunks, key):
+        if not self.content:
+            return StoredBytes(chunks)
+        doc = self.doc
+        decrypt = age.Decryptor(self.openers, key, doc["object"]["size"]) if self.sealed else None
+        size = manifest.payload_size(doc) if self.sealed else self.size  # as listed
+        return ObjectReader(chunks, member_sizes(doc, size), member_cap(doc), decrypt=decrypt)
+
+    def finish(self, content):
+        """The age header against the manifest, once read without the identity (with it,
+        the decryptor has opened and authenticated it, SHA-256 covers the rest)."""
+        if not self.content:
+            check_sealed(self.doc, self.sealed, content.header, content.bytes)
 
 
 def _resume_point(partial, sidecar, key, etag, expected):

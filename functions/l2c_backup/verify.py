@@ -9,6 +9,18 @@ against the object too (IndexCheck: every section's SHA-256, boundaries on membe
 sections in order tiling object and SQL, each section's first statement of its kind), as
 the object is read once. The verdict goes on the object as tags (`verify=ok|failed`, `verify-reason=<code>`) and into
 `<key>.verify.json`; a failed one raises an urgent alert.
+
+An encrypted backup (`.sql.gz.age`, age.py) is checked in one of two ways. With an
+identity that the manifest lists among its recipients, everything above, on the
+plaintext, while the ciphertext is hashed and every chunk's tag checked (`age-header`,
+`age-chunk`, `truncated`). Without one (the OSS-trigger function is given none, by design)
+it reads the object once and decrypts nothing: size, SHA-256 and CRC64 of the stored bytes
+against storage and the manifest, and the age header (well formed, as long as the manifest
+says, one X25519 stanza per recipient it lists). Such a verdict is still `ok`: every byte
+is the one written, so status, prune, the watchdog and the drill count it as verified; it
+says `content_checked: false` (and the tag `verify-content=needs-identity`), since gzip
+members, dump markers and the index need the plaintext: the drill, a restore or
+`l2c-backup verify` with BACKUP_AGE_IDENTITY_FILE check those.
 """
 import hashlib
 import json
@@ -16,12 +28,13 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 
+from oss2.utils import Crc64
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from . import alerts, archive, manifest, names
+from . import age, alerts, archive, manifest, names
 from .deflate_engine import ENGINE
 from .dump_entries import qualified_name
-from .errors import BackupNotFound
+from .errors import BackupNotFound, ConfigInvalid
 from .logs import bound
 from .reading import READ_SIZE, Broken, ObjectReader, member_cap, member_sizes, section_name
 
@@ -34,7 +47,8 @@ REASONS = {
     "ok": "the backup is whole",
     "empty": "the object is empty",
     "not-gzip": "the object is not gzip data",
-    "truncated": "the gzip stream stops in the middle of a member",
+    "truncated": "the object stops early: in the middle of a gzip member or, encrypted, of an "
+                 "age chunk or before its last chunk",
     "gzip-corrupt": "a gzip member fails to decode or its CRC32/length check fails",
     "trailing-garbage": "bytes that are not gzip follow the last member",
     "member-too-large": "a gzip member is larger than the backup's block size allows "
@@ -48,7 +62,18 @@ REASONS = {
     "sha256-mismatch": "the SHA-256 differs from the manifest's",
     "index-mismatch": "the manifest's table index does not match the object (a section's "
                       "bytes, members, SQL or first statement are not what it says)",
+    "age-header": "the age header of an encrypted backup is malformed, fails its MAC, or is "
+                  "not the one its manifest describes (length, recipients)",
+    "age-chunk": "a chunk of an encrypted backup fails authentication (a changed byte, or "
+                 "chunks swapped or reordered)",
 }
+
+# Where an encrypted backup's content was not checked: the note, the verdict's tag.
+NEEDS_IDENTITY = ("content (gzip members, dump markers, index) not checked: it needs an age "
+                  "identity of one of its recipients (BACKUP_AGE_IDENTITY_FILE)")
+CONTENT_TAG = {"verify-content": "needs-identity"}
+# An age header is one line per recipient and a MAC; no header of ours comes near this.
+HEADER_PEEK = 64 * 1024
 
 
 @dataclass
@@ -66,6 +91,9 @@ class Verdict:
     seconds: float = 0.0
     checked_at: str = ""
     repeated: bool = False  # an earlier run already recorded this verdict
+    # False: an encrypted backup checked without its identity (its stored bytes and age
+    # header only); `detail` then says what was not checked
+    content_checked: bool = True
     extra: dict = field(default_factory=dict)
 
     @property
@@ -78,6 +106,8 @@ class Verdict:
                "seconds": round(self.seconds, 3)}
         if self.repeated:
             out["repeated"] = True
+        if not self.content_checked:
+            out["content_checked"] = False
         return out
 
 
@@ -99,13 +129,16 @@ def not_found(storage, key):
                           "check the key (`l2c-backup status` lists the backups) and --from")
 
 
-def check_object(storage, key, manifest_wait_seconds=60, whole_members=True):
+def check_object(storage, key, manifest_wait_seconds=60, whole_members=True, identities=()):
     """Reads `key` and returns its Verdict (no side effects). BackupNotFound when there
     is no such object; StorageFailed when the storage cannot be read (that is no verdict).
     The manifest is read first (waited for: it lands just after the object): where it
     lists the size of every member and they add up to the object's, whole members go to
     the fast engine (reading.py); otherwise, or with whole_members=False, the object is
-    inflated as a plain gzip stream. Same checks, same reasons, either way."""
+    inflated as a plain gzip stream. Same checks, same reasons, either way.
+    An encrypted backup is decrypted and checked whole with those of `identities`
+    (age.Identity) that its manifest lists as recipients; with none, only its stored bytes
+    and age header are checked, nothing decrypted (the verdict's content_checked=False)."""
     started = time.monotonic()
     info = storage.head(key)
     if info is None:
@@ -113,26 +146,50 @@ def check_object(storage, key, manifest_wait_seconds=60, whole_members=True):
     verdict = Verdict(key, "ok", etag=info.etag, version_id=info.version_id,
                       checked_at=names.now().isoformat())
     doc, unusable = _manifest(storage, key, manifest_wait_seconds)
-    sizes = member_sizes(doc, info.size) if whole_members else None
-    verdict.extra["inflate"] = f"whole members, {ENGINE}" if sizes is not None else "zlib stream"
-    reader = None
+    sealed = manifest.client_side(doc)
+    encrypted = sealed is not None or names.is_encrypted_key(key)
+    openers = [i for i in identities if i.recipient in sealed["recipients"]] if sealed else []
+    reader = index = header = None
     try:
         try:
             reading = storage.open(key, READ_SIZE)
         except FileNotFoundError:  # deleted since the HEAD above
             raise not_found(storage, key) from None
-        index = IndexCheck.of(doc)
-        # CRC64 only where storage reports one (a directory does not): nothing to compare
-        reader = ObjectReader(reading, sizes, member_cap(doc or {}), crc64=bool(info.crc64),
-                              observe=index.see_bytes if index else None)
-        with reader:
-            reader.run(index.see_sql if index else None)
+        if encrypted and not openers:
+            verdict.content_checked = False
+            verdict.detail = NEEDS_IDENTITY + _not_listed(identities, sealed)
+            reader = StoredBytes(reading, crc64=bool(info.crc64))
+            with reader:
+                reader.run()
+            header = reader.header
+        else:
+            # the payload's coordinates when encrypted; else as stored (a list that does
+            # not fit leaves the verdict to the stream, which names the damage)
+            sizes = (member_sizes(doc, manifest.payload_size(doc) if sealed else info.size)
+                     if whole_members else None)
+            verdict.extra["inflate"] = f"whole members, {ENGINE}" if sizes is not None else "zlib stream"
+            index = IndexCheck.of(doc)
+            # the manifest's size tells an object cut short from a changed last chunk
+            decrypt = age.Decryptor(openers, key, doc["object"]["size"]) if encrypted else None
+            # CRC64 only where storage reports one (a directory does not): nothing to compare
+            reader = ObjectReader(reading, sizes, member_cap(doc or {}), crc64=bool(info.crc64),
+                                  observe=index.see_bytes if index else None, decrypt=decrypt)
+            try:
+                with reader:
+                    reader.run(index.see_sql if index else None)
+            except ConfigInvalid:
+                raise Broken("age-header", "the manifest lists " + ", ".join(
+                    i.recipient for i in openers) + " among its recipients, but the header "
+                    "does not open with that identity") from None
+            header = decrypt.header if decrypt else None
         if reader.bytes != info.size:
             raise Broken("size-mismatch", f"read {reader.bytes}, storage says {info.size}")
         if info.crc64 and reader.crc64 != info.crc64:
             raise Broken("crc64-mismatch", f"read {reader.crc64}, OSS says {info.crc64}")
         if unusable is not None:
             raise unusable
+        if sealed:
+            check_sealed(doc, sealed, header, reader.bytes)
         _check_against(doc, reader.sha256, reader.bytes)
         if index:
             # after the object's own checks: damage to the object tells more
@@ -147,6 +204,89 @@ def check_object(storage, key, manifest_wait_seconds=60, whole_members=True):
             verdict.sha256, verdict.crc64 = reader.sha256, reader.crc64
         verdict.seconds = time.monotonic() - started
     return verdict
+
+
+def _not_listed(identities, sealed):
+    """Why the identities given did not serve, when some were given."""
+    if not identities or not sealed:
+        return ""
+    return (f"; the identities given ({', '.join(i.recipient for i in identities)}) are not "
+            f"among its recipients ({', '.join(sealed['recipients'])})")
+
+
+def check_sealed(doc, sealed, header, size):
+    """The age header and length of an encrypted object against its manifest: a header
+    that is not the one written (another length, another number of recipients) or an
+    object cut short is named as such, before its SHA-256 says only that it differs."""
+    if header.length != sealed["header_length"]:
+        raise Broken("age-header", f"the header takes {header.length} bytes, the manifest "
+                     f"says {sealed['header_length']}")
+    stanzas = sum(1 for kind, _ in header.stanzas if kind == "X25519")
+    if stanzas != len(sealed["recipients"]):
+        raise Broken("age-header", f"the header holds {stanzas} X25519 recipient stanza(s), "
+                     f"the manifest lists {len(sealed['recipients'])} recipient(s)")
+    if size < doc["object"]["size"]:
+        raise Broken("truncated", f"the object ends after {size} of the "
+                     f"{doc['object']['size']} bytes its manifest records")
+
+
+class StoredBytes:
+    """An encrypted object read without its identity: its size, SHA-256 and CRC64 taken
+    as the bytes pass, and its age header parsed from the first of them (Broken
+    "age-header" when malformed); nothing is decrypted and nothing kept but the header.
+    Shaped like a reading.ObjectReader (run(), bytes, sha256, crc64, a context manager),
+    for verify and the mirror. One thread: hashing (~1.4 GB/s) outruns any read."""
+
+    members = sql_bytes = 0  # nothing inflated
+
+    def __init__(self, chunks, crc64=False):
+        self.chunks = chunks
+        self.bytes = 0
+        self.header = None
+        self._first = bytearray()
+        self._sha = hashlib.sha256()
+        self._crc = Crc64(0) if crc64 else None
+
+    @property
+    def sha256(self):
+        return self._sha.hexdigest()
+
+    @property
+    def crc64(self):
+        return str(self._crc.crc) if self._crc is not None else ""
+
+    def run(self):
+        try:
+            for data in self.chunks:
+                self._sha.update(data)
+                if self._crc is not None:
+                    self._crc.update(data)
+                self.bytes += len(data)
+                if self.header is None:
+                    self._first += data[:HEADER_PEEK - len(self._first)]
+                    if len(self._first) >= HEADER_PEEK:
+                        self._parse()
+            if self.header is None:
+                self._parse()
+        finally:
+            self.close()
+
+    def _parse(self):
+        if not self._first:
+            raise Broken("empty", "0 bytes")
+        self.header = age.read_header(bytes(self._first))
+        self._first = bytearray()
+
+    def close(self):
+        close = getattr(self.chunks, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _manifest(storage, key, wait_seconds):
@@ -357,14 +497,16 @@ def record(storage, verdict, overwrite=True):
     except FileExistsError:
         return False
     storage.set_tags(verdict.key, {"verify": "ok" if verdict.ok else "failed",
-                                   "verify-reason": verdict.reason})
+                                   "verify-reason": verdict.reason,
+                                   **({} if verdict.content_checked else CONTENT_TAG)})
     return True
 
 
 def verify(storage, key, manifest_wait_seconds=60, recheck=False, request_id="",
-           wait_archive=True):
+           wait_archive=True, identities=()):
     """Checks one backup, records the verdict, alerts on failure. Idempotent: the same
     object checked again by a repeated event returns the recorded verdict, no new alert.
+    `identities` (age.Identity) open encrypted backups for the full check (check_object).
     BackupNotFound ("no object KEY in TARGET") when there is no such object; a read that
     fails (StorageFailed) records nothing.
     A backup in OSS's Archive class (its manifest, its verdict file) is restored by OSS
@@ -385,12 +527,15 @@ def verify(storage, key, manifest_wait_seconds=60, recheck=False, request_id="",
             return earlier
         archive.ensure_readable(storage, [key, names.manifest_key(key)], wait=wait_archive,
                                 command="`l2c-backup verify`")
-        verdict = check_object(storage, key, manifest_wait_seconds)
+        verdict = check_object(storage, key, manifest_wait_seconds, identities=identities)
         # With no verdict on record, the first writer wins: a duplicate event checking at
         # the same moment finds the file taken and stays quiet.
         if not record(storage, verdict, overwrite=earlier is not None or recheck):
             return recorded_verdict(storage, key) or verdict
-        if verdict.ok:
+        if verdict.ok and not verdict.content_checked:
+            log.info("verified the stored bytes: %d bytes, SHA-256 and age header as the "
+                     "manifest says, in %.1fs; %s", verdict.bytes, verdict.seconds, verdict.detail)
+        elif verdict.ok:
             log.info("verified: %d bytes, %d members, %d bytes of SQL in %.1fs", verdict.bytes,
                      verdict.members, verdict.sql_bytes, verdict.seconds)
         else:

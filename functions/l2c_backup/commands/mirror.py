@@ -16,7 +16,10 @@ def add_parser(subparsers):
                     "manifests, into DIR in the same key layout; keep a file only when its "
                     "SHA-256 and size match its manifest; skip what is already there and "
                     "intact, replace what is damaged, resume an interrupted copy; then delete "
-                    "backups beyond N from DIR (nothing is deleted when a copy failed).")
+                    "backups beyond N from DIR (nothing is deleted when a copy failed). "
+                    "Encrypted backups (.sql.gz.age) are copied as they are; with the age "
+                    "identity of BACKUP_AGE_IDENTITY_FILE (or BACKUP_AGE_IDENTITY) their "
+                    "content is checked too, without it their size, SHA-256 and age header.")
     p.add_argument("--from", dest="source", metavar="TARGET",
                    help="oss://BUCKET/PREFIX (default: OSS_BACKUP_BUCKET / OSS_BACKUP_PREFIX)")
     p.add_argument("--to", dest="dest", metavar="DIR", required=True,
@@ -34,10 +37,11 @@ def add_parser(subparsers):
 
 def run(args):
     target, oss = config.storage_target(target=args.source, flag="--from")
+    identities = config.load_identities()  # [] when none is set
     source = open_storage(target, oss)
     try:
         report = mirror(source, args.dest, args.keep, args.kind,
-                        wait_archive=not args.no_wait_archive)
+                        wait_archive=not args.no_wait_archive, identities=identities)
     except L2CError as err:
         if getattr(err, "report", None) is not None:
             _print(err.report.summary(), args.json)

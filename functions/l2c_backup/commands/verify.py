@@ -15,8 +15,11 @@ def add_parser(subparsers):
         "verify", help="check stored backups end to end (gzip, dump completeness, checksums)",
         description="Stream each backup and check every gzip member, the dump's header and "
                     "completion marker, size and CRC64 against storage and SHA-256 against "
-                    "the manifest; record the verdict (tags and <key>.verify.json). Exits "
-                    "non-zero when any backup fails.")
+                    "the manifest; record the verdict (tags and <key>.verify.json). An "
+                    "encrypted backup (.sql.gz.age) is decrypted and checked whole with "
+                    "the age identity of BACKUP_AGE_IDENTITY_FILE or BACKUP_AGE_IDENTITY; "
+                    "without one, its size, SHA-256 and age header only (the output says "
+                    "so). Exits non-zero when any backup fails.")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("key", nargs="?", help="object key, e.g. db-backups/daily/backup_2026-11-27.sql.gz")
     what.add_argument("--all", action="store_true", help="every backup (of --kind)")
@@ -40,6 +43,7 @@ def run(args):
     wait = args.manifest_wait
     if wait is None:
         wait = config.manifest_wait(config.environment(), DEFAULT_MANIFEST_WAIT_SECONDS)
+    identities = config.load_identities()  # [] when none is set: encrypted ones checked as stored
     storage = open_storage(target, oss)
     if args.all:
         prefix = storage.prefix + (f"{args.kind}/" if args.kind else "")
@@ -51,8 +55,8 @@ def run(args):
                                 wait=not args.no_wait_archive, command="`l2c-backup verify`")
     else:
         keys = [args.key]
-    verdicts = [verify(storage, key, wait, recheck=True, wait_archive=not args.no_wait_archive)
-                .summary() for key in keys]
+    verdicts = [verify(storage, key, wait, recheck=True, wait_archive=not args.no_wait_archive,
+                       identities=identities).summary() for key in keys]
     if args.json:
         print(json.dumps({"target": storage.url, "results": verdicts}, indent=2))
     else:
