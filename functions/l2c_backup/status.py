@@ -5,13 +5,20 @@ PLAN's schedule from the durations the manifests recorded (fc_cost.py).
 
 The watchdog uses the same survey: a timer that never fired, or a function that never
 started, shows up here as a newest verified backup older than the RPO.
+
+Encrypted backups (`.sql.gz.age`, age.py) are listed like the others and marked so; for
+each configured identity (BACKUP_AGE_IDENTITY_FILE / BACKUP_AGE_IDENTITY) the report says
+which of them it opens: by the public keys the manifest records, confirmed against the
+object's age header where it can be read (one ranged read of the header per backup). Only
+public keys (`age1...`) are ever shown.
 """
 import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import alerts, archive, fc_cost, names
+from . import alerts, archive, fc_cost, manifest, names
+from .errors import L2CError
 from .prune import parse, sidecar_owner
 
 log = logging.getLogger(__name__)
@@ -23,6 +30,7 @@ DEFAULT_GRACE_SECONDS = 2 * HOUR  # a 02:00 backup may take a while; alert past 
 PRICES = {"standard": 0.12, "ia": 0.04, "archive": 0.033, "crr_traffic": 0.5}
 IA_AFTER_DAYS, ARCHIVE_AFTER_DAYS = 30, 90  # PLAN §4.3 lifecycle rule
 GB = 1024 ** 3
+HEADER_READ = 65536  # an age header without its length in the manifest: ~100 bytes a recipient
 
 
 @dataclass
@@ -36,6 +44,11 @@ class BackupInfo:
     finished_at: float  # from the manifest; the object's LastModified when it has none
     archive: str = ""  # e.g. "Archive, not restored": OSS must restore it before it is read
     duration: float | None = None  # the manifest's duration_seconds (FC cost estimate)
+    encrypted: bool = False  # a `.sql.gz.age` object (age.py)
+    recipients: tuple | None = None  # the public keys it is encrypted to (manifest); None: unknown
+    opened_by: tuple | None = None  # of the identities given to survey, those whose public key
+    # the header takes (None: not looked at)
+    header_error: str = ""  # why the header could not be read or taken as age
 
 
 @dataclass
@@ -48,8 +61,10 @@ class Location:
     error: str = ""
 
 
-def survey(storage):
-    """Every backup under the prefix with its size, verdict and completion time."""
+def survey(storage, identities=()):
+    """Every backup under the prefix with its size, verdict and completion time; for an
+    encrypted one, the recipients its manifest records and, with `identities` (age.Identity),
+    which of them its header opens."""
     objects = {o.key: o for o in storage.list(storage.prefix)}
     frozen = archive.needing_restore(objects.values())  # unreadable until OSS restores them
     found = []
@@ -59,14 +74,15 @@ def survey(storage):
         b = parse(storage.prefix, key)
         if b is None:
             continue
-        finished, duration = obj.last_modified, None
+        finished, duration, sealed = obj.last_modified, None, None
         if names.manifest_key(key) in objects:
             try:
                 if names.manifest_key(key) not in frozen:  # else LastModified must do
                     doc = json.loads(b"".join(storage.open(names.manifest_key(key))))
+                    sealed = manifest.client_side(doc)
                     finished = datetime.fromisoformat(doc["finished_at"]).timestamp()
                     duration = doc.get("duration_seconds")
-            except (ValueError, KeyError, FileNotFoundError):
+            except (ValueError, KeyError, TypeError, AttributeError, FileNotFoundError):
                 pass
         else:
             continue  # no manifest: the backup never completed, so it does not count
@@ -75,9 +91,48 @@ def survey(storage):
         except FileNotFoundError:
             verdict = ""
         cold = frozen.get(key) or frozen.get(names.manifest_key(key))
-        found.append(BackupInfo(key, b.kind, b.group, b.stamp, obj.size, verdict, finished,
-                                cold.describe() if cold else "", duration))
+        info = BackupInfo(key, b.kind, b.group, b.stamp, obj.size, verdict, finished,
+                          cold.describe() if cold else "", duration,
+                          encrypted=names.is_encrypted_key(key),
+                          recipients=_recipients(sealed))
+        if info.encrypted and identities and key not in frozen:
+            info.opened_by, info.header_error = header_openers(storage, key, sealed, identities,
+                                                               obj.size)
+        found.append(info)
     return found
+
+
+def header_openers(storage, key, sealed, identities, size):
+    """(the public keys of `identities` that the object's age header has a stanza for, "")
+    from one ranged read of the header; (None, why not) when it cannot be read or is not
+    an age header. The header's MAC is verify's to check: it needs the file key."""
+    from . import age
+    from .reading import Broken
+    length = min((sealed or {}).get("header_length") or HEADER_READ, size)
+    if not length:
+        return None, "its age header cannot be read: the object is empty"
+    try:
+        with storage.open(key, HEADER_READ, offset=0, length=length) as reading:
+            header = age.read_header(b"".join(reading), key)
+        opened = tuple(i.recipient for i in identities if any(
+            kind == "X25519" and i.unwrap(args, body) is not None
+            for (kind, args), body in zip(header.stanzas, header.bodies)))
+    except FileNotFoundError:
+        return None, "gone since listed"
+    except Broken as exc:
+        return None, f"its age header cannot be read ({exc.reason}): {exc.detail}"
+    except ValueError as exc:  # Identity.unwrap: a stanza that is not X25519's shape
+        return None, f"its age header has a malformed X25519 stanza: {exc}"
+    except (L2CError, OSError) as exc:
+        return None, f"its age header cannot be read: {(str(exc) or type(exc).__name__).splitlines()[0]}"
+    return opened, ""
+
+
+def _recipients(sealed):
+    try:
+        return tuple(str(r) for r in sealed["recipients"]) if sealed else None
+    except (KeyError, TypeError):
+        return None
 
 
 def newest(backups, kind, verified=False, group=None):
@@ -193,10 +248,11 @@ def monthly_cost(backups, now, prices=PRICES, replicated=False):
 
 
 def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices=PRICES,
-           fc_prices=fc_cost.PRICES, configured=None, runs=None):
+           fc_prices=fc_cost.PRICES, configured=None, runs=None, identities=None):
     """The status report: per kind on the primary (and per database, with several:
-    `configured` is BACKUP_DATABASES as a list, `runs` newest_runs()), and 3-2-1 for
-    the newest backups."""
+    `configured` is BACKUP_DATABASES as a list, `runs` newest_runs()), 3-2-1 for the
+    newest backups, and which encrypted backups each identity opens (`identities`: the
+    configured identities' public keys, None when none is configured)."""
     now = now if now is not None else datetime.now(timezone.utc).timestamp()
     primary = locations[0]
     runs = runs or {}
@@ -206,7 +262,9 @@ def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices
         latest = newest(primary.backups, kind)
         per_kind[kind] = {
             "count": len(mine), "keep": keep.get(kind), "bytes": sum(b.size for b in mine),
+            "encrypted": sum(b.encrypted for b in mine),
             "newest": latest.key if latest else None,
+            "newest_encrypted": latest.encrypted if latest else None,
             "newest_verdict": (latest.verdict or "unverified") if latest else None,
             "age_hours": round((now - latest.finished_at) / HOUR, 2) if latest else None,
             "rpo_hours": RPO_SECONDS[kind] / HOUR if RPO_SECONDS[kind] else None,
@@ -223,7 +281,7 @@ def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices
             continue
         relative = latest.key[len(names_prefix(latest.key)):]
         found = [loc for loc in locations if any(b.key.endswith(relative) for b in loc.backups)]
-        copies.append({"kind": kind, "key": latest.key,
+        copies.append({"kind": kind, "key": latest.key, "encrypted": latest.encrypted,
                        "copies": [loc.name for loc in found],
                        "media": sorted({loc.medium for loc in found}),
                        "offsite": any(loc.offsite for loc in found)})
@@ -238,11 +296,52 @@ def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices
                        "offsite": loc.offsite, "backups": len(loc.backups), "error": loc.error}
                       for loc in locations],
         "needs_restore": [{"key": b.key, "state": b.archive} for b in primary.backups if b.archive],
+        "encryption": encryption(primary.backups, identities),
         "monthly_cost_cny": monthly_cost(
             primary.backups, now, prices,
             replicated=any(loc.name == "dr" and loc.backups for loc in locations)),
         "monthly_fc_cost_cny": fc_cost.monthly_from_backups(primary.backups, now, prices=fc_prices),
     }
+
+
+def encryption(backups, identities=None):
+    """The encrypted backups, the public keys they are encrypted to, and for each of
+    `identities` (public keys) the backups it opens: those its header opens with it when
+    survey looked, else those whose manifest lists it. `mismatches`: where the header and
+    the manifest disagree (a manifest that does not describe its object)."""
+    sealed = [b for b in backups if b.encrypted]
+    recipients = {}
+    for b in sealed:
+        for r in b.recipients or ():
+            recipients.setdefault(r, []).append(b.key)
+    found = {"encrypted": len(sealed), "plain": len(backups) - len(sealed),
+             "recipients": {r: len(keys) for r, keys in sorted(recipients.items())},
+             "unknown_recipients": [b.key for b in sealed if b.recipients is None],
+             "identities": None, "opened_by_none": None, "unreadable_headers": [],
+             "mismatches": []}
+    if identities is None:
+        return found
+    found["identities"] = []
+    opened = set()
+    for r in identities:
+        opens = []
+        for b in sealed:
+            listed = b.recipients is not None and r in b.recipients
+            if b.opened_by is None:
+                takes = listed
+            else:
+                takes = r in b.opened_by
+                if b.recipients is not None and takes != listed:
+                    found["mismatches"].append(
+                        f"{b.key}: its header {'opens' if takes else 'does not open'} with "
+                        f"{r}, its manifest {'lists' if listed else 'does not list'} it")
+            if takes:
+                opens.append(b.key)
+                opened.add(b.key)
+        found["identities"].append({"recipient": r, "opens": opens})
+    found["opened_by_none"] = [b.key for b in sealed if b.key not in opened]
+    found["unreadable_headers"] = [f"{b.key}: {b.header_error}" for b in sealed if b.header_error]
+    return found
 
 
 def _per_database(backups, kind, expected, run, now):
