@@ -1,12 +1,20 @@
 """No secret ever leaves a backup run: not the database password, not the OSS AccessKey
-secret, not the STS token. Not in a log line, an error message, the CLI's output, the FC
-handler's answer or a manifest, whether the run succeeds or fails, and however it fails.
+secret, not the STS token, not the age identity. Not in a log line, an error message, the
+CLI's output, the FC handler's answer or a manifest, whether the run succeeds or fails, and
+however it fails.
+
+The age identity (issue 15) is configured inline (BACKUP_AGE_IDENTITY, as FC passes it:
+the riskiest case) in every run here, and backups are encrypted to its public key; it is
+looked for in every spelling it could leak in (identity_forms). Verify, restore and
+status, the commands that read it, are run with it too, failures included (a wrong or
+malformed identity, a damaged object).
 
 Every secret is distinctive (a fixed prefix and random hex), so a leak is found anywhere
 by plain substring search. Each scenario runs through three doors: the library in this
 process (logs captured at DEBUG from every logger), the CLI as a subprocess (`--log-json
 -v`, so at DEBUG too) and the FC handler with the role's credentials in its context.
 """
+import base64
 import importlib.util
 import json
 import logging
@@ -21,7 +29,7 @@ from urllib.parse import quote
 import oss2
 import pytest
 
-from l2c_backup import config, logs
+from l2c_backup import alerts, config, logs, names
 from l2c_backup.backup import run_backup
 from l2c_backup.errors import (ConfigInvalid, DatabaseUnreachable, DumpFailed, L2CError,
                                UploadFailed)
@@ -41,7 +49,7 @@ CONFIG_VARIABLES = (
     "OSS_ACCESS_KEY_SECRET", "OSS_SECURITY_TOKEN", "ALIBABA_CLOUD_ACCESS_KEY_ID",
     "ALIBABA_CLOUD_ACCESS_KEY_SECRET", "ALIBABA_CLOUD_SECURITY_TOKEN", "PG_BIN_DIR",
     "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE", "PGPASSFILE",
-    "PGSERVICE",
+    "PGSERVICE", "BACKUP_AGE_RECIPIENTS", "BACKUP_AGE_IDENTITY", "BACKUP_AGE_IDENTITY_FILE",
 )
 
 
@@ -81,19 +89,48 @@ def sts(oss_server):
     return creds
 
 
+def age_keygen(directory):
+    """A key file age-keygen wrote: (its path, the AGE-SECRET-KEY-1... line, the public key)."""
+    path = directory / f"key-{tag()}.txt"
+    subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
+    secret = next(line for line in path.read_text().splitlines()
+                  if line.startswith("AGE-SECRET-KEY-1"))
+    public = subprocess.run(["age-keygen", "-y", str(path)], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    return path, secret, public
+
+
+def identity_forms(secret):
+    """Every spelling an age identity could leak in: as written, lower-cased (bech32's other
+    case), its bech32 body after `AGE-SECRET-KEY-1` in both cases, and the 32-byte scalar in
+    hex and base64 (a repr of the key bytes, a debug dump)."""
+    from l2c_backup.age import bech32_decode
+    body = secret[len("AGE-SECRET-KEY-1"):]
+    _, scalar = bech32_decode(secret)
+    return [secret, secret.lower(), body, body.lower(), bytes(scalar).hex(),
+            base64.b64encode(bytes(scalar)).decode().rstrip("=")]
+
+
+@pytest.fixture(scope="module")
+def age_key(tmp_path_factory):
+    path, secret, public = age_keygen(tmp_path_factory.mktemp("age"))
+    return SimpleNamespace(path=path, secret=secret, public=public, forms=identity_forms(secret))
+
+
 @pytest.fixture
-def base_env(db_role, sts, oss_server):
+def base_env(db_role, sts, oss_server, age_key):
     return resolve.child_env({  # the CLI subprocess resolves the server's named endpoint
         "DATABASE_URL": db_role.url, "OSS_ENDPOINT": oss_server.endpoint,
         "OSS_BACKUP_BUCKET": "l2c-backups", "OSS_ACCESS_KEY_ID": sts.access_key_id,
         "OSS_ACCESS_KEY_SECRET": sts.access_key_secret,
         "OSS_SECURITY_TOKEN": sts.security_token, "UPLOAD_MIN_PART_MB": "1",
+        "BACKUP_AGE_RECIPIENTS": age_key.public, "BACKUP_AGE_IDENTITY": age_key.secret,
         "PATH": os.environ["PATH"]})
 
 
 @pytest.fixture
-def secrets(db_role, sts):
-    return [db_role.core, sts.access_key_secret, sts.security_token]
+def secrets(db_role, sts, age_key):
+    return [db_role.core, sts.access_key_secret, sts.security_token, *age_key.forms]
 
 
 def assert_clean(where, text, secrets):
@@ -135,6 +172,9 @@ def arrange(name, env, ctx):
     db = ctx.db_role
     if name == "success":
         return env, [], None
+    if name == "plain_success":  # not encrypted, the identity still configured
+        del env["BACKUP_AGE_RECIPIENTS"]
+        return env, [], None
     if name == "wrong_db_password":
         wrong = f"WrongDbPw-{tag()}"
         env["DATABASE_URL"] = url_for(db.role, wrong, db.host, db.port, db.dbname)
@@ -158,7 +198,7 @@ def arrange(name, env, ctx):
     raise AssertionError(name)
 
 
-SCENARIOS = ["success", "wrong_db_password", "oss_403_on_parts", "wrong_sts_token",
+SCENARIOS = ["success", "plain_success", "wrong_db_password", "oss_403_on_parts", "wrong_sts_token",
              "pg_dump_killed", "malformed_port"]
 
 
@@ -226,6 +266,8 @@ def test_library_run_leaks_no_secret(name, ctx, caplog, monkeypatch):
 
     if expected is None:
         assert error is None, str(error)
+        assert summary["backups"][0]["key"].endswith(
+            names.AGE_SUFFIX if "BACKUP_AGE_RECIPIENTS" in env else names.SUFFIX)
         assert_clean("the summary", json.dumps(summary), secrets)
     else:
         assert type(error) is expected, repr(error)
@@ -356,3 +398,149 @@ def test_a_malformed_database_url_is_config_invalid_and_echoes_no_password(
     assert result.returncode == ConfigInvalid.exit_code, result.stderr
     assert_clean("the CLI's output", result.stdout + result.stderr,
                  [password] + [s.format(t=t) for s in extra_secrets])
+
+
+# -- door 4: the commands that read the identity: verify, restore, status ------------------
+
+def flip_a_middle_byte(bucket, key):
+    """One byte changed in the object's middle 64 KiB chunk, as bit rot would."""
+    data = bytearray(bucket.get_object(key).read())
+    data[len(data) // 2] ^= 0x01
+    bucket.put_object(key, bytes(data))
+
+
+def arrange_reader(name, env, ctx, key):
+    """Sets up reader scenario `name` on the encrypted backup `key`: (env, extra secrets)."""
+    if name == "ok":
+        return env, []
+    if name == "wrong_identity":
+        _, other, _ = age_keygen(ctx.tmp_path)
+        env["BACKUP_AGE_IDENTITY"] = other
+        return env, identity_forms(other)
+    if name == "malformed_identity":  # one character off: its checksum fails
+        secret = env["BACKUP_AGE_IDENTITY"]
+        typo = secret[:-1] + ("Q" if secret[-1] != "Q" else "P")
+        env["BACKUP_AGE_IDENTITY"] = typo
+        body = typo[len("AGE-SECRET-KEY-1"):]
+        return env, [typo, typo.lower(), body, body.lower()]
+    if name == "corrupt_object":
+        flip_a_middle_byte(ctx.bucket, key)
+        return env, []
+    raise AssertionError(name)
+
+
+def must_fail(command, name):
+    """Status with an identity that opens nothing still reports (that it opens nothing);
+    verify with it checks what it can and says the content check needs the identity."""
+    return name != "ok" and not (command == "status" and name == "wrong_identity")
+
+
+def stored_text(bucket):
+    """Every object but the backups themselves (manifests, verify files, claims) and
+    every object's tags (verify's verdict)."""
+    texts = []
+    for obj in oss2.ObjectIteratorV2(bucket, prefix=PREFIX):
+        if not names.is_backup_object(obj.key):
+            texts.append(bucket.get_object(obj.key).read().decode("utf-8", "replace"))
+        texts.append(repr(bucket.get_object_tagging(obj.key).tag_set.tagging_rule))
+    return "\n".join(texts)
+
+
+READERS = [("verify", "ok"), ("verify", "wrong_identity"), ("verify", "malformed_identity"),
+           ("verify", "corrupt_object"),
+           ("restore", "ok"), ("restore", "wrong_identity"), ("restore", "malformed_identity"),
+           ("restore", "corrupt_object"),
+           ("status", "ok"), ("status", "wrong_identity"), ("status", "malformed_identity")]
+
+
+@pytest.fixture
+def sealed_key(ctx):
+    """One backup encrypted to the identity's public key, on the local OSS server."""
+    (done,) = run_backup(config.load(dict(ctx.base_env)), "manual")["backups"]
+    assert done["key"].endswith(names.AGE_SUFFIX)
+    return done["key"]
+
+
+def reader_cli(command, key, ctx):
+    if command == "verify":
+        return [sys.executable, "-m", "l2c_backup.cli", "--log-json", "-v", "verify", key, "--json"]
+    if command == "restore":
+        return [sys.executable, "-m", "l2c_backup.cli", "--log-json", "-v", "restore", key,
+                "--target-url", ctx.pg_cluster.url("postgres"), "--create-db", f"r_{tag()}",
+                "--json"]
+    return [sys.executable, "-m", "l2c_backup.cli", "--log-json", "-v", "status", "--json"]
+
+
+def run_reader_library(command, key, env, ctx):
+    """The command's library call as the CLI makes it (identities from the environment);
+    returns the text of its result."""
+    from l2c_backup.database import DatabaseSettings
+    from l2c_backup.restore import restore
+    from l2c_backup.status import Location, report, survey
+    from l2c_backup.storage import open_storage
+    from l2c_backup.verify import verify
+    identities = config.load_identities(env)
+    target, settings = config.storage_target(env)
+    storage = open_storage(target, settings)
+    if command == "verify":
+        verdict = verify(storage, key, 5, recheck=True, identities=identities)
+        return (json.dumps(verdict.summary()) + "\n" + repr(verdict),
+                verdict.ok and verdict.content_checked)
+    if command == "restore":
+        target_db = DatabaseSettings.from_url(ctx.pg_cluster.url("postgres"), {})
+        done = restore(storage, key, target_db, create_db=f"r_{tag()}", identities=identities)
+        return json.dumps(done, default=str), True
+    primary = Location("primary", storage.url, "OSS", False, survey(storage, identities))
+    found = report([primary], names.KINDS, {k: 10 for k in names.KINDS},
+                   identities=[i.recipient for i in identities])
+    return json.dumps(found) + "\n" + repr(primary), True
+
+
+@pytest.mark.parametrize("command, name", READERS)
+def test_library_reader_leaks_no_identity(command, name, ctx, sealed_key, caplog):
+    env, extra = arrange_reader(name, dict(ctx.base_env), ctx, sealed_key)
+    secrets = ctx.secrets + extra
+    sent = []
+    sink = alerts.add_sink(sent.append)
+    debug_everywhere(caplog)
+    out, ok, error = "", False, None
+    try:
+        out, ok = run_reader_library(command, sealed_key, env, ctx)
+    except L2CError as err:
+        error = err
+    finally:
+        alerts.remove_sink(sink)
+
+    if must_fail(command, name):
+        assert error is not None or not ok, f"{command} {name} did not fail: {out}"
+    else:
+        assert error is None and ok, f"{error}\n{out}"
+    if command == "status" and error is None:  # it names the identity by its public key
+        assert env["BACKUP_AGE_RECIPIENTS"] in out or name != "ok", out
+    if error is not None:
+        assert_clean("the error", str(error) + "\n" + repr(error), secrets)
+    assert_clean(f"the result of {command}", out, secrets)
+    for alert in sent:
+        assert_clean("an alert", alert.text() + "\n" + repr(alert), secrets)
+    check_records(caplog.records, secrets)
+    assert_clean("a stored sidecar or tag", stored_text(ctx.bucket), secrets)
+
+
+@pytest.mark.parametrize("command, name", READERS)
+def test_cli_reader_leaks_no_identity(command, name, ctx, sealed_key):
+    env, extra = arrange_reader(name, dict(ctx.base_env), ctx, sealed_key)
+    secrets = ctx.secrets + extra
+
+    result = subprocess.run(reader_cli(command, sealed_key, ctx), env=env, capture_output=True,
+                            text=True, timeout=300)
+
+    output = result.stdout + "\n" + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    if command == "verify" and result.returncode == 0:
+        [verdict] = json.loads(result.stdout)["results"]
+        succeeded = verdict["verdict"] == "ok" and verdict.get("content_checked", True)
+    else:  # status: 20 is its verdict "not 3-2-1" (no DR copy here), not a failure
+        succeeded = result.returncode in ((0, 20) if command == "status" else (0,))
+    assert succeeded != must_fail(command, name), output
+    assert_clean(f"the CLI's {command} stdout/stderr", output, secrets)
+    assert_clean("a stored sidecar or tag", stored_text(ctx.bucket), secrets)
