@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from alert_receiver import AlertReceiver
-from l2c_backup import config
+from l2c_backup import age, config
 from l2c_backup.backup import run_backup
 from l2c_backup.errors import (BackupNotFound, ConfigInvalid, DatabaseUnreachable, DumpFailed,
                                RestoreRefused, StorageFailed, UploadFailed)
@@ -51,6 +51,7 @@ KEY_ID, SECRET = "LTAImatrixKey01", "Matrix-Right-S3cret-7Qp"
 WRONG_SECRET = "Matrix-Wrong-S3cret-4Zk"
 ROLE = ("STS.matrixRole01", "Matrix-Role-S3cret-2Wd", "Matrix-Sts-T0ken-9Hq")
 WEAK_ROLE, WEAK_PASSWORD = "weakling", "Matrix-Weak-Pa55-8Lm"
+AGE_SECRET, _ = age.generate()  # BACKUP_AGE_IDENTITY, inline, where a row reads it (issue 15)
 
 BUCKET, DR_BUCKET, DROP_BUCKET, NO_BUCKET = "l2c-backups", "l2c-backups-dr", "l2c-drop", "l2c-no-such-bucket"
 DATABASE = "l2c_matrix"
@@ -58,6 +59,7 @@ MISSING_KEY = "db-backups/daily/backup_2020-01-01.sql.gz"
 
 CLI_ROWS = ("backup", "verify KEY", "verify --all", "prune", "restore --latest", "mirror", "status")
 FC_ROWS = ("FC backup", "FC verify", "FC drill", "FC watchdog")
+IDENTITY_ROWS = ("verify KEY", "verify --all", "restore --latest", "mirror", "status", "FC drill")
 UNATTENDED = ("backup", "verify KEY", "verify --all", "prune", "mirror", "status")
 COLUMNS = ("ok, settings empty", "OSS credentials", "OSS endpoint dead", "OSS bucket missing",
            "object key missing", "connection dropped", "DB refused", "DB no password",
@@ -133,6 +135,8 @@ class World:
         else:
             env.update(OSS_ACCESS_KEY_ID=KEY_ID, OSS_ACCESS_KEY_SECRET=SECRET,
                        MIRROR_DIR=str(self.tmp / "mirror"))
+        if cell.row in IDENTITY_ROWS:
+            env["BACKUP_AGE_IDENTITY"] = AGE_SECRET
         if cell.row in ("backup", "FC backup"):  # new backups out of the others' way
             env["OSS_BACKUP_PREFIX"] = "scratch-cli/" if cell.row == "backup" else "scratch-fc/"
         return resolve.child_env(env)
@@ -140,7 +144,10 @@ class World:
     def secrets(self):
         return {"OSS secret": SECRET, "wrong OSS secret": WRONG_SECRET, "role secret": ROLE[1],
                 "STS token": ROLE[2], "database password": self.cluster.password,
-                "weak role password": WEAK_PASSWORD}
+                "weak role password": WEAK_PASSWORD, "age identity": AGE_SECRET,
+                "age identity (lower case)": AGE_SECRET.lower(),
+                "age identity's body": AGE_SECRET[len("AGE-SECRET-KEY-1"):],
+                "age identity's body (lower case)": AGE_SECRET[len("AGE-SECRET-KEY-1"):].lower()}
 
 
 @pytest.fixture(scope="module")
