@@ -151,11 +151,12 @@ def test_env_example_lists_every_variable_s_yaml_uses():
 def test_the_verify_trigger_follows_the_prefix_and_subscribes_only_completing_events(deployer):
     got = deployer.resolve((ROOT / "s.yaml").read_text(),
                            env_example(**SAMPLES, OSS_BACKUP_PREFIX="pg/backups/"))
-    (trigger,) = got["services"]["verify"]["props"]["triggers"]
-    assert trigger["config"]["events"] == COMPLETING_EVENTS
-    assert trigger["config"]["filter"] == {"Key": {"Prefix": "pg/backups/", "Suffix": ".sql.gz"}}
-    assert trigger["sourceArn"] == f"acs:oss:cn-hangzhou:{ACCOUNT}:l2c-backups"
-    assert trigger["role"] == f"acs:ram::{ACCOUNT}:role/AliyunOSSEventNotificationRole"
+    plain, encrypted = got["services"]["verify"]["props"]["triggers"]  # one per suffix
+    for trigger, suffix in ((plain, ".sql.gz"), (encrypted, ".sql.gz.age")):
+        assert trigger["config"]["events"] == COMPLETING_EVENTS
+        assert trigger["config"]["filter"] == {"Key": {"Prefix": "pg/backups/", "Suffix": suffix}}
+        assert trigger["sourceArn"] == f"acs:oss:cn-hangzhou:{ACCOUNT}:l2c-backups"
+        assert trigger["role"] == f"acs:ram::{ACCOUNT}:role/AliyunOSSEventNotificationRole"
 
 
 def test_the_weekly_backup_runs_on_sunday_in_fcs_day_of_week_names(resolved):

@@ -46,7 +46,7 @@ def props(template, resource):
 def test_template_yml_is_valid_for_ros_fc3():
     code, out = validate(TEMPLATE)
     assert code == 0, out
-    assert out.strip() == ("valid: 54 parameters, 5 ALIYUN::FC3::Function, 6 ALIYUN::FC3::Trigger, "
+    assert out.strip() == ("valid: 54 parameters, 5 ALIYUN::FC3::Function, 7 ALIYUN::FC3::Trigger, "
                            "4 ALIYUN::FC3::AsyncInvokeConfig")
 
 

@@ -106,19 +106,22 @@ COMPLETING = ["oss:ObjectCreated:PutObject", "oss:ObjectCreated:PostObject",
 
 
 def test_verify_runs_once_per_backup_object_under_the_configured_prefix():
-    (trigger,) = S_FUNCS["verify"]["triggers"]
-    (oss,) = [t for t in T_TRIGGERS if t["TriggerType"] == "oss"]
-    assert trigger["type"] == "oss" and of_function(oss) == "verify"
-    assert trigger["config"]["events"] == oss["TriggerConfig"]["events"] == COMPLETING
-    # both take the prefix from the same setting the functions read, OSS_BACKUP_PREFIX
-    assert trigger["config"]["filter"] == {"Key": {"Prefix": "${env.OSS_BACKUP_PREFIX}", "Suffix": ".sql.gz"}}
-    assert oss["TriggerConfig"]["filter"] == {"key": {"prefix": {"Ref": "OssBackupPrefix"}, "suffix": ".sql.gz"}}
+    # one trigger per suffix, plain and encrypted (age): a trigger filters on one suffix
+    triggers = S_FUNCS["verify"]["triggers"]
+    osses = [t for t in T_TRIGGERS if t["TriggerType"] == "oss"]
+    assert len(triggers) == len(osses) == 2
+    for trigger, oss, suffix in zip(triggers, osses, (".sql.gz", ".sql.gz.age")):
+        assert trigger["type"] == "oss" and of_function(oss) == "verify"
+        assert trigger["config"]["events"] == oss["TriggerConfig"]["events"] == COMPLETING
+        # both take the prefix from the same setting the functions read, OSS_BACKUP_PREFIX
+        assert trigger["config"]["filter"] == {"Key": {"Prefix": "${env.OSS_BACKUP_PREFIX}", "Suffix": suffix}}
+        assert oss["TriggerConfig"]["filter"] == {"key": {"prefix": {"Ref": "OssBackupPrefix"}, "suffix": suffix}}
+        assert trigger["sourceArn"].endswith(":${env.OSS_BACKUP_BUCKET}")
+        assert oss["SourceArn"]["Fn::Sub"].endswith(":${OssBackupBucket}")
+        assert trigger["role"].endswith(":role/AliyunOSSEventNotificationRole")
+        assert oss["InvocationRole"]["Fn::Sub"].endswith(":role/AliyunOSSEventNotificationRole")
     assert T_FUNCS["verify"]["EnvironmentVariables"]["OSS_BACKUP_PREFIX"] == {"Ref": "OssBackupPrefix"}
     assert PARAMETERS["OssBackupPrefix"]["Default"] == "db-backups/"
-    assert trigger["sourceArn"].endswith(":${env.OSS_BACKUP_BUCKET}")
-    assert oss["SourceArn"]["Fn::Sub"].endswith(":${OssBackupBucket}")
-    assert trigger["role"].endswith(":role/AliyunOSSEventNotificationRole")
-    assert oss["InvocationRole"]["Fn::Sub"].endswith(":role/AliyunOSSEventNotificationRole")
 
 
 def test_declared_environment_equals_what_the_config_schema_accepts():
