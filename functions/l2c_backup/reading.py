@@ -560,10 +560,16 @@ def open_backup(storage, key, doc, identities=None, **options):
     ObjectReader (crc64, workers, observe)."""
     from . import age  # age.py raises this module's Broken
     decrypt = None
+    sizes = member_sizes(doc, manifest.payload_size(doc))
     if manifest.client_side(doc):
         decrypt = age.Decryptor(_identities(doc, key, identities), key, doc["object"]["size"])
-    return ObjectReader(storage.open(key, READ_SIZE), member_sizes(doc, manifest.payload_size(doc)),
-                        member_cap(doc), decrypt=decrypt, **options)
+    elif sizes is not None:
+        # sizes that do not fit the object as stored leave the verdict to the stream,
+        # which names the damage (cut short, another gzip) rather than a wrong cut
+        stored = storage.head(key)
+        sizes = member_sizes(doc, stored.size) if stored is not None else None
+    return ObjectReader(storage.open(key, READ_SIZE), sizes, member_cap(doc), decrypt=decrypt,
+                        **options)
 
 
 def _identities(doc, key, identities):
