@@ -2,7 +2,9 @@
 
 `{"kind": "daily"}` drills the primary bucket; `{"kind": "daily", "source": "dr"}` the
 DR bucket (PLAN's quarterly and yearly drills). Scratch databases go on the server of
-DRILL_DATABASE_URL (default DATABASE_URL), never under the production name.
+DRILL_DATABASE_URL (default DATABASE_URL), never under the production name. An encrypted
+backup is opened with BACKUP_AGE_IDENTITY (the age key file's text, from a secret), read
+only when the backup drilled is encrypted.
 """
 import json
 import logging

@@ -11,6 +11,10 @@ the time the one-stream restore would have taken, estimated with the ratio the b
 measured (ONE_STREAM_OVER_JOBS), so the RTO can be judged either way. A backup made
 before the table index restores in one stream, and the report says so.
 
+An encrypted backup (age) is opened with the identity of BACKUP_AGE_IDENTITY (on FC, from
+a secret) or BACKUP_AGE_IDENTITY_FILE; without one that opens it the drill fails, naming
+the public keys the backup was written to, before any scratch database is made.
+
 Scratch names are unique per run (time and a random suffix), so two drills at once (a
 timer delivered twice) never share one, and each drops only its own. A drill killed
 before its clean-up (SIGKILL, FC's timeout) leaves its scratch database: the next drill
@@ -117,10 +121,11 @@ def check_restored(settings, doc, sql_checks=()):
 
 
 def run_drill(storage, kind, server, production_db, sql_checks=(), rto_seconds=RTO_SECONDS,
-              request_id="", wait_archive=True, jobs=None):
+              request_id="", wait_archive=True, jobs=None, identities=None):
     """Restores the newest verified backup of `kind` into a scratch database on `server`
     (DatabaseSettings of a database to connect to there) over `jobs` sessions (default
-    DRILL_RESTORE_JOBS), checks it, drops it.
+    DRILL_RESTORE_JOBS), checks it, drops it. An encrypted backup is opened with
+    `identities` (None: from the environment).
     Returns the report; alerts the result (urgent when anything failed)."""
     jobs = jobs or config.drill_restore_jobs()
     scratch = scratch_name(kind)
@@ -145,11 +150,11 @@ def run_drill(storage, kind, server, production_db, sql_checks=(), rto_seconds=R
                         "one): the drill restores it in one stream", key)
             report.update(restore_mode="one stream: the backup has no table index",
                           restore_jobs=1)
-            result = restore(storage, key, server, create_db=scratch)
+            result = restore(storage, key, server, create_db=scratch, identities=identities)
             one_stream = result["restore_seconds"]
         else:
             result = restore_parallel(storage, key, server, scratch, jobs,
-                                      wait_archive=wait_archive)
+                                      wait_archive=wait_archive, identities=identities)
             one_stream = one_stream_estimate(result["restore_seconds"], jobs)
         try:
             report["restore_seconds"] = result["restore_seconds"]

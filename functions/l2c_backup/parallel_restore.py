@@ -36,6 +36,10 @@ thread, and drops the database. The mark is cleared only by the last statement o
 last phase, so a SIGKILL leaves a marked database, which the next run of the same
 --create-db replaces (restore._replace_leftover).
 
+An encrypted backup's identity is checked before the database is made
+(restore.identities_for); each section is then a ranged read of the age chunks that hold
+it, every chunk authenticated.
+
 Memory: pre-data and post-data are held whole (the schema's statements: no rows; the
 large objects' metadata entries are the biggest part of a pre-data, about 200 bytes per
 object); table data streams, with at most N sections read at once (reading.py's bounds
@@ -55,7 +59,7 @@ from .dump import find_pg_tool, pg_tool_version
 from .dump_entries import quote_ident, relation_of, split_entries
 from .errors import BackupCorrupt, RestoreFailed, RestoreRefused
 from .restore import (_check_tools, _drain, _filter_for, _new_database, check_target_version,
-                      no_table_index, read_manifest, unmark_sql)
+                      identities_for, no_table_index, read_manifest, unmark_sql)
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +78,11 @@ _SET_NAME = re.compile(rb"^SET (SESSION AUTHORIZATION|[\w.]+)", re.M)
 
 
 def restore_parallel(storage, key, target, create_db, jobs, progress=None, force=False,
-                     wait_archive=True):
+                     wait_archive=True, identities=None):
     """Restores `key` into a new database `create_db` on the server of `target`
     (DatabaseSettings of any database there) over `jobs` psql sessions. Returns the
-    summary; the database is dropped again on any failure or SIGTERM/SIGINT."""
+    summary; the database is dropped again on any failure or SIGTERM/SIGINT. An encrypted
+    backup is opened with `identities` (None: from the environment)."""
     started = time.monotonic()
     if not 1 <= jobs <= MAX_JOBS:
         raise RestoreRefused(f"--jobs {jobs} is out of range", f"give 1 to {MAX_JOBS}")
@@ -89,10 +94,11 @@ def restore_parallel(storage, key, target, create_db, jobs, progress=None, force
         raise no_table_index(key, "run `l2c-backup restore KEY --create-db NAME` (one stream); "
                                   "the next backups carry the index")
     _check_layout(key, sections)
+    identities = identities_for(storage, key, doc, identities)
     psql = find_pg_tool("psql")
     psql_text, psql_num = pg_tool_version(psql)
     server_major = check_target_version(key, doc, target, force)
-    run = _Run(storage, key, doc, psql, _filter_for(server_major), progress)
+    run = _Run(storage, key, doc, psql, _filter_for(server_major), progress, identities)
     # The schema first, before any database is made: a damaged pre- or post-data, or a
     # psql too old for the dump, is found in seconds, not after the data.
     pre_data = run.read_whole(sections[0])
@@ -231,9 +237,10 @@ def _note_sets(text, settings):
 class _Run:
     """One parallel restore: reading sections, feeding psql sessions, and the totals."""
 
-    def __init__(self, storage, key, doc, psql, cleanse, progress):
+    def __init__(self, storage, key, doc, psql, cleanse, progress, identities=None):
         self.storage, self.key, self.doc, self.psql = storage, key, doc, psql
         self.cleanse, self.progress = cleanse, progress
+        self.identities = identities  # those that open an encrypted backup
         self.settings = None
         self.workers = None  # inflate threads per section read (None: reading's default)
         self.bytes_read = 0
@@ -242,7 +249,8 @@ class _Run:
 
     def read_whole(self, section):
         try:
-            with reading.read_section(self.storage, self.key, self.doc, section) as content:
+            with reading.read_section(self.storage, self.key, self.doc, section,
+                                      identities=self.identities) as content:
                 sql = b"".join(content)
                 content.finish()
         except reading.Broken as broken:
@@ -384,7 +392,7 @@ class _Crew:
             return
         drop = _DropLine(item.drop_line)
         with reading.read_section(run.storage, run.key, run.doc, item.section,
-                                  run.workers) as content:
+                                  run.workers, run.identities) as content:
             session.send(item.before)
             for sql in content:
                 if self.stopped:

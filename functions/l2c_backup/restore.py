@@ -25,6 +25,13 @@ connected (a restore that died) and makes it again, saying so in a log line; a m
 with sessions (a restore still running) or one without the mark (not ours) is refused.
 One transaction rather than "restore then swap" because it needs no second copy of the
 data and leaves no half-restored database, whatever the target.
+
+A backup encrypted on our side (age, the manifest's encryption.client_side) is decrypted
+as it is read (reading.open_backup). Its identity is checked before anything is written
+to a target (`identities_for`: the header read, the file key unwrapped, the first chunk
+authenticated): a missing or wrong identity is refused before psql starts. Damage found
+later (a chunk that fails authentication, an object cut short) is BackupCorrupt like any
+other, and the transaction rolls back.
 """
 import contextlib
 import logging
@@ -40,12 +47,12 @@ from datetime import datetime, timezone
 
 import pg8000.native
 
-from . import archive, manifest, names
+from . import age, archive, manifest, names, reading
 from .database import connect
 from .dump import find_pg_tool, pg_tool_version
-from .errors import BackupCorrupt, BackupNotFound, RestoreFailed, RestoreRefused
+from .errors import BackupCorrupt, BackupNotFound, ConfigInvalid, RestoreFailed, RestoreRefused
 from .prune import survey
-from .reading import READ_SIZE, Broken, ObjectReader, member_cap, member_sizes
+from .reading import READ_SIZE, Broken
 from .signals import HANDLED
 
 log = logging.getLogger(__name__)
@@ -99,6 +106,49 @@ def read_manifest(storage, key):
     except ValueError as err:
         raise RestoreRefused(f"the manifest of {key} is not valid: {err}",
                              "restore another backup, or check it with `l2c-backup verify`") from None
+
+
+def identities_for(storage, key, doc, identities=None):
+    """The identities that open backup `key` (None: those of BACKUP_AGE_IDENTITY_FILE or
+    BACKUP_AGE_IDENTITY), checked on the object before anything is written to a target:
+    its header read, its file key unwrapped and its first chunk authenticated (one ranged
+    read of the header and 64 KiB). None for a backup that is not encrypted.
+    ConfigInvalid naming the public keys it was written to when no identity is set or
+    none of them opens it; BackupCorrupt when its header (or first chunk) is damaged."""
+    sealed = manifest.client_side(doc)
+    if not sealed:
+        return None
+    identities = reading._identities(doc, key, identities)  # ConfigInvalid when none is set
+    try:
+        first = age.open_range(storage, key, identities, sealed["header_length"],
+                               sealed["payload_size"], 0, 1, READ_SIZE)
+        try:
+            for _ in first:
+                pass
+        finally:
+            first.close()
+    except FileNotFoundError:
+        raise BackupNotFound(f"the object {key} does not exist in {storage.url} (its manifest "
+                             "does)", "restore another backup (`l2c-backup verify --all` "
+                             "lists them)") from None
+    except ConfigInvalid:
+        ours = ", ".join(identity.recipient for identity in identities)
+        raise ConfigInvalid(
+            f"{key} is encrypted (age) to {', '.join(sealed['recipients'])}; the "
+            f"identit{'y' if len(identities) == 1 else 'ies'} set ({ours}) open"
+            f"{'s' if len(identities) == 1 else ''} none of them",
+            "set BACKUP_AGE_IDENTITY_FILE to the key file of one of those public keys (or "
+            "BACKUP_AGE_IDENTITY to its text)") from None
+    except Broken as broken:
+        raise corrupt(key, broken) from None
+    return identities
+
+
+def corrupt(key, broken):
+    """BackupCorrupt for damage found in backup `key` before anything was committed."""
+    return BackupCorrupt(f"{key} is damaged ({broken.reason}: {broken.detail}); nothing was "
+                         "restored", "restore an older backup (and check this one with "
+                         "`l2c-backup verify`)")
 
 
 def _check_tools(head, psql_num, psql_text):
@@ -294,15 +344,18 @@ def drop_database(settings, name):
         admin.close()
 
 
-def restore(storage, key, target, create_db=None, force=False, progress=None, wait_archive=True):
+def restore(storage, key, target, create_db=None, force=False, progress=None, wait_archive=True,
+            identities=None):
     """Restores `key` into `target` (DatabaseSettings), or into a new database `create_db`
     on that server. Returns the summary dict (restore_seconds included). A backup in OSS's
     Archive class is restored by OSS first (archive.py): waited for, or with
-    wait_archive=False ArchiveNotReadable at once."""
+    wait_archive=False ArchiveNotReadable at once. An encrypted backup is opened with
+    `identities` (None: from the environment, see identities_for)."""
     started = time.monotonic()
     archive.ensure_readable(storage, [key, names.manifest_key(key)], wait=wait_archive,
                             command="`l2c-backup restore`")
     doc = read_manifest(storage, key)
+    identities = identities_for(storage, key, doc, identities)
     psql = find_pg_tool("psql")
     psql_text, psql_num = pg_tool_version(psql)
     server_major = check_target_version(key, doc, target, force)
@@ -313,7 +366,7 @@ def restore(storage, key, target, create_db=None, force=False, progress=None, wa
                                  "tables or large objects", "restore into an empty database, "
                                  "use --create-db NAME, or add --force to restore on top")
         result = _stream(storage, key, doc, settings, psql, psql_text, psql_num, server_major,
-                         progress, unmark_sql(create_db) if create_db else b"")
+                         progress, unmark_sql(create_db) if create_db else b"", identities)
     result.update(key=key, database=settings.dbname, target=settings.redacted_url(),
                   restore_seconds=round(time.monotonic() - started, 3))
     log.info("restored %s into %s in %.1fs", key, settings.dbname, result["restore_seconds"])
@@ -321,11 +374,8 @@ def restore(storage, key, target, create_db=None, force=False, progress=None, wa
 
 
 def _stream(storage, key, doc, settings, psql, psql_text, psql_num, server_major, progress,
-            before_commit=b""):
-    # Whole members to the fast engine when the manifest lists them and they fit the
-    # object as stored; read, hashed and inflated on threads while this one feeds psql.
-    stored = storage.head(key)
-    sizes = member_sizes(doc, stored.size) if stored is not None else None
+            before_commit=b"", identities=None):
+    # Read, hashed, decrypted and inflated on threads while this one feeds psql.
     checked_head = [False]
     cleanse = _filter_for(server_major)
     own_transaction = DumpTransactions()
@@ -339,7 +389,7 @@ def _stream(storage, key, doc, settings, psql, psql_text, psql_num, server_major
                     sql = cleanse(sql)
                 session.send(own_transaction.feed(sql))
 
-            with ObjectReader(storage.open(key, READ_SIZE), sizes, member_cap(doc)) as content:
+            with reading.open_backup(storage, key, doc, identities) as content:
                 for sql in content:
                     to_psql(sql)
                     if progress:
@@ -352,9 +402,7 @@ def _stream(storage, key, doc, settings, psql, psql_text, psql_num, server_major
             session.send(own_transaction.finish())
             session.commit(before_commit)
     except Broken as broken:
-        raise BackupCorrupt(f"{key} is damaged ({broken.reason}: {broken.detail}); nothing was "
-                            f"restored", "restore an older backup (and check this one with "
-                            "`l2c-backup verify`)") from None
+        raise corrupt(key, broken) from None
     if not session.committed:
         raise RestoreFailed(f"psql stopped restoring {key} into {settings.dbname}: "
                             f"{session.message()}",

@@ -29,6 +29,10 @@ shows up as psql's "does not exist": that too is a refusal, and nothing was rest
 All or nothing, as restore.py: one psql (ON_ERROR_STOP), our own BEGIN, COMMIT only once
 every section read checked out and an \\echo after the last statement came back; psql is
 killed on any failure or signal, so the server rolls the transaction back.
+
+An encrypted backup's identity is checked first (restore.identities_for); each section is
+then a ranged read of the age chunks that hold it (64 KiB each, every one authenticated),
+so the share read stays small.
 """
 import logging
 import re
@@ -42,7 +46,9 @@ from .dump_entries import name_after, qualified_name, quote_ident, relation_of, 
 from .errors import BackupCorrupt, RestoreFailed, RestoreRefused
 from .reading import Broken
 from .restore import (DumpTransactions, PsqlTransaction, _check_tools, _filter_for, _ident,
-                      check_target_version, no_table_index, read_manifest, target_tables)
+                      check_target_version, corrupt, identities_for, no_table_index,
+                      read_manifest, target_tables)
+from .storage import Reading
 
 log = logging.getLogger(__name__)
 
@@ -69,23 +75,26 @@ _UNDEFINED = re.compile(r"ERROR:\s+(42704|42883|42P01|3F000|42703): ([^\n]*)")
 
 
 def restore_tables(storage, key, target, tables, into_schema=None, force=False, progress=None,
-                   wait_archive=True):
+                   wait_archive=True, identities=None):
     """Restores `tables` ("schema.name" as given on the CLI) of backup `key` into `target`
     (DatabaseSettings), in their own schema or, with `into_schema`, in that one. Returns
     the summary (key, database, target, tables, rows, bytes_read, object_bytes,
-    restore_seconds, ...)."""
+    restore_seconds, ...). An encrypted backup is opened with `identities` (None: from
+    the environment)."""
     started = time.monotonic()
     archive.ensure_readable(storage, [key, names.manifest_key(key)], wait=wait_archive,
                             command="`l2c-backup restore --table`")
     doc = read_manifest(storage, key)
+    storage = _Counted(storage, key)
     index = manifest.sections_of(doc)
     if index is None:
         raise no_table_index(key, "restore the whole backup into an empty database "
                                   "(--create-db), then copy the table from there")
+    identities = identities_for(storage, key, doc, identities)
     psql = find_pg_tool("psql")
     psql_text, psql_num = pg_tool_version(psql)
     server_major = check_target_version(key, doc, target, force)
-    budget = _Budget(progress, doc["object"]["size"])
+    budget = _Budget(progress, doc["object"]["size"], storage, identities)
     pre = _read_whole(storage, key, doc, _one(index, "pre-data", key), budget)
     preamble, pre_entries = split_entries(pre)
     post_section = _one(index, "post-data", key)
@@ -134,14 +143,40 @@ def _one(index, kind, key):
     return found[0]
 
 
+class _Counted:
+    """The storage, counting the bytes of object `key` it hands out: what the restore
+    read of the backup (of an encrypted one, the age header and the whole chunks that
+    hold each section, more than the sections' own bytes)."""
+
+    def __init__(self, storage, key):
+        self._storage, self._key, self.read = storage, key, 0
+
+    def __getattr__(self, name):
+        return getattr(self._storage, name)
+
+    def open(self, key, *args, **kwargs):
+        found = self._storage.open(key, *args, **kwargs)
+        if key != self._key:
+            return found
+
+        def counted():
+            for chunk in found:
+                self.read += len(chunk)  # one section is read at a time: one writer
+                yield chunk
+        return Reading(counted(), found.start, found.etag, found.close)
+
+
 class _Budget:
-    """Bytes read of the object so far, for the summary and the progress bar."""
+    """Bytes read of the object so far (`counted`), for the summary and the progress
+    bar; and the identities that open it, when it is encrypted."""
 
-    def __init__(self, progress, total):
-        self.progress, self.total, self.read = progress, total, 0
+    def __init__(self, progress, total, counted, identities=None):
+        self.progress, self.total, self.counted = progress, total, counted
+        self.identities = identities
 
-    def add(self, count):
-        self.read += count
+    read = property(lambda self: self.counted.read)
+
+    def tick(self):
         if self.progress:
             self.progress(self.read, self.total)
 
@@ -149,19 +184,14 @@ class _Budget:
 def _read_whole(storage, key, doc, section, budget):
     """A small section's SQL (pre-data, post-data, sequence values), checked."""
     try:
-        with reading.read_section(storage, key, doc, section) as sql:
+        with reading.read_section(storage, key, doc, section,
+                                  identities=budget.identities) as sql:
             data = b"".join(sql)
             sql.finish()
-            budget.add(sql.bytes)
+            budget.tick()
     except Broken as broken:
-        raise _corrupt(key, broken) from None
+        raise corrupt(key, broken) from None
     return data
-
-
-def _corrupt(key, broken):
-    return BackupCorrupt(f"{key} is damaged ({broken.reason}: {broken.detail}); nothing was "
-                         "restored", "restore it from an older backup (and check this one "
-                         "with `l2c-backup verify`)")
 
 
 # -- what to restore ----------------------------------------------------------------------
@@ -545,7 +575,7 @@ def _run(storage, key, doc, settings, psql, plan, sql, sequence_values, unrestri
             send(after)
             session.commit(unrestrict)
     except Broken as broken:
-        raise _corrupt(key, broken) from None
+        raise corrupt(key, broken) from None
     if not session.committed:
         message = session.message()
         undefined = _UNDEFINED.search(message)
@@ -564,14 +594,12 @@ def _run(storage, key, doc, settings, psql, plan, sql, sequence_values, unrestri
 
 
 def _send_section(storage, key, doc, section, send, budget, transform):
-    before = 0
-    with reading.read_section(storage, key, doc, section) as sql:
+    with reading.read_section(storage, key, doc, section, identities=budget.identities) as sql:
         for piece in sql:
             send(transform(piece))
-            budget.add(sql.bytes - before)
-            before = sql.bytes
+            budget.tick()
         sql.finish()
-        budget.add(sql.bytes - before)
+        budget.tick()
 
 
 class _CopyInto:

@@ -22,7 +22,9 @@ def add_parser(subparsers):
         description="Stream a backup into psql (ON_ERROR_STOP, one transaction), checking "
                     "SHA-256 and length against its manifest on the way; on any failure the "
                     "transaction rolls back (or the new --create-db database is dropped). "
-                    "Refuses a target that already holds tables unless --force.")
+                    "Refuses a target that already holds tables unless --force. An encrypted "
+                    "backup (.sql.gz.age) is opened with the age key file of "
+                    "BACKUP_AGE_IDENTITY_FILE (or the key text of BACKUP_AGE_IDENTITY).")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("key", nargs="?", help="object key, e.g. db-backups/daily/backup_2026-11-27.sql.gz")
     which.add_argument("--latest", action="store_true", help="the newest backup (of --kind)")
