@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from oss2.models import ReplicationRule
 
-from l2c_backup import config, names, retry
+from l2c_backup import age, config, names, retry
 from l2c_backup import mirror as mirror_mod
 from l2c_backup.backup import run_backup
 from l2c_backup.errors import BackupCorrupt, StorageFailed
@@ -129,6 +129,19 @@ def test_a_changed_chunk_is_not_kept_with_or_without_the_identity(
         item = by_key(failed.value.report)[key]
         assert item.action == "failed" and why in item.detail, item.detail
         assert not os.path.exists(os.path.join(root, key))
+
+
+def test_a_header_for_another_recipient_is_not_kept_with_the_identity(
+        source, sealed_backups, keys, bucket, tmp_path):
+    key = backups_in(sealed_backups)[-1]
+    doc = json.loads(sealed_backups[key + ".manifest.json"])
+    length = doc["encryption"]["client_side"]["header_length"]
+    other = age.Encryptor([keys["other"].recipient]).header
+    bucket.put_object(key, other + sealed_backups[key][length:])
+    with pytest.raises(BackupCorrupt, match=key) as failed:
+        mirror(source, str(tmp_path / "mirror"), keep=2, identities=keys["ops"].identities())
+    item = by_key(failed.value.report)[key]
+    assert item.action == "failed" and "age-header" in item.detail and "does not open" in item.detail
 
 
 def test_an_interrupted_copy_of_an_encrypted_backup_resumes_and_holds_no_plaintext(

@@ -157,6 +157,21 @@ def test_a_header_that_is_not_the_manifests_is_age_header_without_the_identity(
     assert f"the manifest says {length}" in verdict.detail
 
 
+def test_a_header_for_another_recipient_is_caught_without_and_age_header_with_the_identity(
+        storage, sealed_backup, keys):
+    """Same length, one stanza: only the SHA-256 tells without the identity; with it, the
+    identity the manifest names does not open the header, which is damage, not a wrong
+    identity."""
+    key, data, doc = sealed_backup
+    length = manifest.client_side(doc)["header_length"]
+    other = age.Encryptor([keys["other"].recipient]).header
+    assert len(other) == length
+    store(storage, key, other + data[length:], doc)
+    assert check_object(storage, key, 1).reason == "sha256-mismatch"
+    verdict = check_object(storage, key, 1, identities=keys["ops"].identities())
+    assert verdict.reason == "age-header" and "does not open" in verdict.detail
+
+
 def test_a_malformed_header_is_age_header_without_the_identity(storage, sealed_backup):
     key, data, doc = sealed_backup
     store(storage, key, data.replace(b"\n-> X25519 ", b"\n=> X25519 ", 1), doc)
