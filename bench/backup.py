@@ -17,6 +17,8 @@ and makes compression look free), then measures, one after the other on the same
                                    GZIP_LEVEL=6 (today's CPU per GB is measured against it)
   (f) l2c without table index      (d) with BACKUP_TABLE_INDEX=false: what cutting the
                                    sections into members and indexing them costs (issue 14)
+  (g) l2c encrypted -> local OSS   (d) with BACKUP_AGE_RECIPIENTS set to a fresh key: what
+                                   encrypting to age recipients costs (issue 15)
 
 Every row has its wall ratio to (0) and to (a) of the same size. A second table prices
 each row on FC (fc_cost.py) at the backup function's size in template.yml / s.yaml: CPU
@@ -76,11 +78,13 @@ TARGET_SIZE_SLACK = 0.02  # output within 2% of (a)'s
 TARGET_RSS_MB = 150  # peak RSS below, at every size (c and d)
 TARGET_CPU_VS_ZLIB = 0.5  # CPU seconds per GB of SQL at most half of (e)'s
 TARGET_INDEX_COST = 0.03  # issue 14: the section cuts and their index cost almost nothing
+TARGET_AGE_COST = 0.05  # issue 15: (g) encrypted within 5% of (d)'s wall
 NOISY_CORES = 0.1  # a run during which others used more than this many CPUs is run again
 
 LABELS = {"0": "(0) pg_dump > /dev/null", "a": "(a) pg_dump | gzip -6", "b": "(b) pg_dump | pigz -6",
           "c": "(c) l2c-backup -> dir", "d": "(d) l2c-backup -> local OSS",
-          "e": "(e) l2c zlib -6 -> local OSS", "f": "(f) l2c -> local OSS, no table index"}
+          "e": "(e) l2c zlib -6 -> local OSS", "f": "(f) l2c -> local OSS, no table index",
+          "g": "(g) l2c encrypted -> local OSS"}
 
 
 @dataclass
@@ -98,6 +102,7 @@ class Result:
     oss_cpu: float = 0.0
     others_cpu: float = 0.0  # CPU anything else on the machine used meanwhile
     engine: str = ""  # the deflate engine of an l2c run
+    key: str = ""  # the object an l2c run wrote
     took: float = 0.0  # seconds this row cost the bench: waits and reruns included
 
 
@@ -226,6 +231,7 @@ def run_l2c(children, label, env, workdir, size_gb):
     result.cpu = cpu_of(usage)  # the whole process (imports included) and its pg_dump
     result.rss_mb = inner["self_peak_rss_kb"] / 1024
     result.output = backup["bytes"]
+    result.key = backup["key"]
     result.notes.append(f"python {inner['self_cpu']:.1f} + pg_dump {inner['children_cpu']:.1f} cpu s "
                         f"in run_backup ({inner['wall']:.1f} s)")
     result.sql_bytes = backup["sql_bytes"]
@@ -374,6 +380,9 @@ def measure_size(children, workdir, size_gb, database_url, pg_dump, postmaster_p
             if extra.get("L2C_DEFLATE_ENGINE") == "zlib" and not r.engine.startswith("zlib"):
                 raise RuntimeError(f"{LABELS[key]}: L2C_DEFLATE_ENGINE=zlib ran {r.engine}: "
                                    "this row would not measure the old engine")
+            if extra.get("BACKUP_AGE_RECIPIENTS") and not r.key.endswith(".age"):
+                raise RuntimeError(f"{LABELS[key]}: wrote {r.key}, not an encrypted object: "
+                                   "this row would not measure encryption")
             return r
         timed(once)
 
@@ -383,6 +392,10 @@ def measure_size(children, workdir, size_gb, database_url, pg_dump, postmaster_p
         to_oss("e", {"L2C_DEFLATE_ENGINE": "zlib", "GZIP_LEVEL": "6"})
     if "f" in variants:  # issue 14: what cutting and indexing the sections costs
         to_oss("f", {"BACKUP_TABLE_INDEX": "false"})
+    if "g" in variants:  # issue 15: what encrypting to an age recipient costs
+        from l2c_backup import age
+        _, recipient = age.generate()  # the secret is not needed: nothing here decrypts
+        to_oss("g", {"BACKUP_AGE_RECIPIENTS": recipient})
     return results
 
 
@@ -491,6 +504,12 @@ def verdicts(results):
             out.append(f"- {size:g} GB: (d) with the table index {wall:+.1%} wall, {cpu:+.1%} CPU "
                        f"vs (f) without (target within {TARGET_INDEX_COST:.0%}): "
                        f"{verdict(wall <= TARGET_INDEX_COST)}")
+        g = by.get((size, LABELS["g"]))
+        if d and g:
+            wall, cpu = g.wall / d.wall - 1, g.cpu / d.cpu - 1
+            out.append(f"- {size:g} GB: (g) encrypted {wall:+.1%} wall, {cpu:+.1%} CPU, output "
+                       f"{g.output - d.output:+,d} bytes vs (d) plain (target within "
+                       f"{TARGET_AGE_COST:.0%}): {verdict(wall <= TARGET_AGE_COST)}")
         for key in "cd":
             r = by.get((size, LABELS[key]))
             if r:
@@ -588,7 +607,7 @@ def main(argv=None):
         log("\n" + fc_table(results, fc_size, fc_prices))
         if len(set(fc_sizes.values())) > 1:
             log(f"(the templates disagree on the backup function's size: {fc_sizes}; priced at {fc_size})")
-        log("\nTargets (issue 13):\n" + verdicts(results))
+        log("\nTargets (issues 13, 14, 15):\n" + verdicts(results))
         log(f"\ntime taken: {time.monotonic() - began:.0f} s in all; "
             + ", ".join(f"{part} {seconds:.0f} s" for part, seconds in took)
             + " (waits for a quiet machine and reruns included)")
