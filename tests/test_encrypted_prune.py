@@ -13,8 +13,8 @@ import pytest
 
 from l2c_backup import age, config, leftovers, names
 from l2c_backup.backup import run_backup
-from l2c_backup.prune import (CLAIM_SUFFIX, INCOMPLETE_AFTER_SECONDS, Backup, Claim, claim_owner,
-                              parse, plan, prune, sidecar_owner, slot_end, survey)
+from l2c_backup.prune import (CLAIM_SUFFIX, INCOMPLETE_AFTER_SECONDS, Backup, Claim, Incomplete,
+                              claim_owner, parse, plan, prune, sidecar_owner, slot_end, survey)
 from l2c_backup.storage import open_storage
 from test_backup_signals import (dir_env, open_uploads, partial_files, slow_parts,  # noqa: F401
                                  start_backup, wait_for)
@@ -94,7 +94,6 @@ def test_an_expired_claim_of_an_encrypted_backup_whose_run_died_is_removed_in_ti
 def test_a_run_holding_the_claim_of_an_encrypted_object_without_manifest_keeps_it():
     key = daily_key(3, encrypted=True)
     now = slot_end(parse(PREFIX, key)) + 30 * DAY  # long past the object's safe age
-    from l2c_backup.prune import Incomplete
     obj = Incomplete(key, last_modified=now - 2 * DAY)
     claim = Claim(key + ".2.claim", expires_at=now + HOUR)  # a takeover, still running
 
@@ -210,7 +209,7 @@ def test_leftovers_knows_an_encrypted_backups_writes_as_ours(key):
     f"{PREFIX}daily/backup_notadate.sql.gz.age",
     f"{PREFIX}daily/someone.sql.gz.age",
     f"{PREFIX}daily/backup_2026-01-02.age",
-    f"other/daily/backup_2026-01-02.sql.gz.age",
+    "other/daily/backup_2026-01-02.sql.gz.age",
 ])
 def test_leftovers_leaves_encrypted_looking_names_that_are_not_ours(key):
     assert not leftovers._ours(PREFIX, key)

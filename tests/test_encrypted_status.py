@@ -23,8 +23,6 @@ from l2c_local import resolve
 from l2c_local.pgcluster import table_digests
 from test_prune import oss_env
 
-PREFIX = "db-backups/"
-
 
 def keygen(path):
     """A new age key file written by age-keygen; (its secret line, its public key)."""
