@@ -32,10 +32,10 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from . import age, archive, manifest, names, prune
+from . import archive, manifest, names, prune
 from .errors import BackupCorrupt, ConfigInvalid, StorageFailed, UploadFailed
 from .logs import bound
-from .reading import READ_SIZE, Broken, ObjectReader, member_cap, member_sizes
+from .reading import READ_SIZE, Broken, backup_reader
 from .retry import describe
 from .storage.directory import PARTIAL, DirectoryStorage
 from .verify import NEEDS_IDENTITY, StoredBytes, check_sealed
@@ -389,10 +389,7 @@ class _Check:
     def reader(self, chunks, key):
         if not self.content:
             return StoredBytes(chunks)
-        doc = self.doc
-        decrypt = age.Decryptor(self.openers, key, doc["object"]["size"]) if self.sealed else None
-        size = manifest.payload_size(doc) if self.sealed else self.size  # as listed
-        return ObjectReader(chunks, member_sizes(doc, size), member_cap(doc), decrypt=decrypt)
+        return backup_reader(chunks, self.doc, key, self.size, self.openers)
 
     def finish(self, content):
         """The age header against the manifest, once read without the identity (with it,

@@ -490,7 +490,7 @@ class SectionReader:
         sealed = manifest.client_side(doc)
         if sealed:
             from . import age  # age.py raises this module's Broken
-            chunks = age.open_range(storage, key, _identities(doc, key, identities),
+            chunks = age.open_range(storage, key, needed_identities(doc, key, identities),
                                     sealed["header_length"], sealed["payload_size"],
                                     section["offset"], section["length"], READ_SIZE)
         else:
@@ -554,25 +554,30 @@ def read_section(storage, key, doc, section, workers=None, identities=None):
 
 
 def open_backup(storage, key, doc, identities=None, **options):
-    """An ObjectReader of the whole backup `key` described by manifest `doc`: its member
-    sizes and cap from the manifest, and decrypting when the manifest says it is
-    encrypted (with `identities`; None: config.load_identities()). `options` go to
+    """An ObjectReader of the whole backup `key` described by manifest `doc` (see
+    backup_reader)."""
+    stored = None if manifest.client_side(doc) else storage.head(key)
+    return backup_reader(storage.open(key, READ_SIZE), doc, key,
+                         stored.size if stored is not None else None, identities, **options)
+
+
+def backup_reader(chunks, doc, key, stored_size, identities=None, whole_members=True, **options):
+    """An ObjectReader of a whole backup's bytes `chunks`: whole members where the
+    manifest's sizes tile the gzip stream (encrypted: its payload; plain: the object as
+    stored, `stored_size`: sizes that do not fit leave the verdict to the stream, which
+    names the damage rather than making a wrong cut), and decrypting when the manifest says
+    it is encrypted, with `identities` (None: config.load_identities()). `options` go to
     ObjectReader (crc64, workers, observe)."""
     from . import age  # age.py raises this module's Broken
-    decrypt = None
-    sizes = member_sizes(doc, manifest.payload_size(doc))
-    if manifest.client_side(doc):
-        decrypt = age.Decryptor(_identities(doc, key, identities), key, doc["object"]["size"])
-    elif sizes is not None:
-        # sizes that do not fit the object as stored leave the verdict to the stream,
-        # which names the damage (cut short, another gzip) rather than a wrong cut
-        stored = storage.head(key)
-        sizes = member_sizes(doc, stored.size) if stored is not None else None
-    return ObjectReader(storage.open(key, READ_SIZE), sizes, member_cap(doc), decrypt=decrypt,
-                        **options)
+    sealed = manifest.client_side(doc)
+    sizes = (member_sizes(doc, manifest.payload_size(doc) if sealed else stored_size)
+             if whole_members else None)
+    decrypt = (age.Decryptor(needed_identities(doc, key, identities), key, doc["object"]["size"])
+               if sealed else None)
+    return ObjectReader(chunks, sizes, member_cap(doc or {}), decrypt=decrypt, **options)
 
 
-def _identities(doc, key, identities):
+def needed_identities(doc, key, identities):
     """The identities to open an encrypted backup with; ConfigInvalid naming the public
     keys it was written to when there are none."""
     if identities is None:

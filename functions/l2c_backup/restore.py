@@ -118,7 +118,7 @@ def identities_for(storage, key, doc, identities=None):
     sealed = manifest.client_side(doc)
     if not sealed:
         return None
-    identities = reading._identities(doc, key, identities)  # ConfigInvalid when none is set
+    identities = reading.needed_identities(doc, key, identities)  # ConfigInvalid when none is set
     try:
         first = age.open_range(storage, key, identities, sealed["header_length"],
                                sealed["payload_size"], 0, 1, READ_SIZE)

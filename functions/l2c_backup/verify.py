@@ -36,7 +36,7 @@ from .deflate_engine import ENGINE
 from .dump_entries import qualified_name
 from .errors import BackupNotFound, ConfigInvalid
 from .logs import bound
-from .reading import READ_SIZE, Broken, ObjectReader, member_cap, member_sizes, section_name
+from .reading import READ_SIZE, Broken, backup_reader, section_name
 
 log = logging.getLogger(__name__)
 
@@ -163,17 +163,12 @@ def check_object(storage, key, manifest_wait_seconds=60, whole_members=True, ide
                 reader.run()
             header = reader.header
         else:
-            # the payload's coordinates when encrypted; else as stored (a list that does
-            # not fit leaves the verdict to the stream, which names the damage)
-            sizes = (member_sizes(doc, manifest.payload_size(doc) if sealed else info.size)
-                     if whole_members else None)
-            verdict.extra["inflate"] = f"whole members, {ENGINE}" if sizes is not None else "zlib stream"
             index = IndexCheck.of(doc)
-            # the manifest's size tells an object cut short from a changed last chunk
-            decrypt = age.Decryptor(openers, key, doc["object"]["size"]) if encrypted else None
             # CRC64 only where storage reports one (a directory does not): nothing to compare
-            reader = ObjectReader(reading, sizes, member_cap(doc or {}), crc64=bool(info.crc64),
-                                  observe=index.see_bytes if index else None, decrypt=decrypt)
+            reader = backup_reader(reading, doc, key, info.size, openers, whole_members,
+                                   crc64=bool(info.crc64), observe=index.see_bytes if index else None)
+            verdict.extra["inflate"] = (f"whole members, {ENGINE}" if reader.whole_members
+                                        else "zlib stream")
             try:
                 with reader:
                     reader.run(index.see_sql if index else None)
@@ -181,7 +176,7 @@ def check_object(storage, key, manifest_wait_seconds=60, whole_members=True, ide
                 raise Broken("age-header", "the manifest lists " + ", ".join(
                     i.recipient for i in openers) + " among its recipients, but the header "
                     "does not open with that identity") from None
-            header = decrypt.header if decrypt else None
+            header = reader.decrypt.header if reader.decrypt else None
         if reader.bytes != info.size:
             raise Broken("size-mismatch", f"read {reader.bytes}, storage says {info.size}")
         if info.crc64 and reader.crc64 != info.crc64:
