@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import ConfigInvalid
+from .logs import register_secret
 
 FORMAT = "age-encryption.org/v1"
 CHUNK = 65536
@@ -236,12 +237,14 @@ def parse_recipients(text, setting="BACKUP_AGE_RECIPIENTS"):
 def parse_identities(text, source):
     """The identities of an age-keygen key file (AGE-SECRET-KEY-1... lines, `#` comments,
     blank lines), duplicates dropped. ConfigInvalid names `source` and the line number,
-    never a line's content."""
+    never a line's content. Every key line is first given to the log redactor, in both
+    cases (bech32 reads either), so no log line can carry it."""
     found = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        register_secret(line, line.lower(), line.upper())
         try:
             identity = Identity.from_text(line)
         except ValueError as e:

@@ -272,36 +272,17 @@ def age_recipients(environ=None):
 
 def load_identities(environ=None):
     """The age identities of BACKUP_AGE_IDENTITY (the key file's text) or
-    BACKUP_AGE_IDENTITY_FILE (its path); [] when neither is set. Their secret lines are
-    registered with the log redactor before anything else can see them."""
+    BACKUP_AGE_IDENTITY_FILE (its path); [] when neither is set. Their key lines are
+    registered with the log redactor as they are read (age.parse_identities)."""
     from . import age
     environ = environment(environ)
     text, path = environ.get("BACKUP_AGE_IDENTITY"), environ.get("BACKUP_AGE_IDENTITY_FILE")
     if text and path:
         raise ConfigInvalid("both BACKUP_AGE_IDENTITY and BACKUP_AGE_IDENTITY_FILE are set",
                             "set only one of them")
-    source = "BACKUP_AGE_IDENTITY"
     if path:
-        source = f"BACKUP_AGE_IDENTITY_FILE ({path})"
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigInvalid(f"cannot read the age key file {path} of BACKUP_AGE_IDENTITY_FILE: "
-                                f"{getattr(exc, 'strerror', None) or 'not a text file'}",
-                                "point BACKUP_AGE_IDENTITY_FILE at a key file age-keygen wrote") from None
-    if not text:
-        return []
-    register_secret(*_secret_lines(text))
-    return age.parse_identities(text, source)
-
-
-def _secret_lines(text):
-    """Every AGE-SECRET-KEY in a key file's text, as written and lower-cased (bech32's
-    other spelling), for the redactor."""
-    keys = [word for line in text.splitlines() for word in line.split()
-            if word.upper().startswith("AGE-SECRET-KEY-")]
-    return keys + [key.lower() for key in keys] + [key.upper() for key in keys]
+        return age.load_identities(path, "BACKUP_AGE_IDENTITY_FILE")
+    return age.parse_identities(text, "BACKUP_AGE_IDENTITY") if text else []
 
 
 def manifest_wait(environ, default):
