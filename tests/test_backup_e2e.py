@@ -108,4 +108,4 @@ def test_server_side_encryption_is_requested_and_recorded(bucket, backup_env):
 
     assert bucket.head_object(done["key"]).headers["x-oss-server-side-encryption"] == "AES256"
     doc = json.loads(bucket.get_object(done["key"] + ".manifest.json").read())
-    assert doc["encryption"] == {"server_side": "AES256", "kms_key_id": None}
+    assert doc["encryption"] == {"server_side": "AES256", "kms_key_id": None, "client_side": None}
