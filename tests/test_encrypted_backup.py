@@ -125,3 +125,16 @@ def test_identity_settings_are_one_or_the_other_and_a_missing_file_is_named(keys
     (one,) = config.load_identities({"BACKUP_AGE_IDENTITY": text})
     assert one.recipient == keys[0][1] and "AGE-SECRET-KEY" not in repr(one).upper()
     assert config.load_identities({}) == []
+
+
+def test_a_daily_slot_made_before_encryption_was_set_is_not_made_again(pg_cluster, seeded_db,
+                                                                       keys, tmp_path):
+    env = {"DATABASE_URL": pg_cluster.url(seeded_db), "BACKUP_TARGET": str(tmp_path)}
+    (plain,) = run_backup(config.load(env), "daily")["backups"]
+    (again,) = run_backup(config.load(dict(env, BACKUP_AGE_RECIPIENTS=keys[0][1])), "daily")["backups"]
+    assert plain["key"].endswith(".sql.gz") and again["key"] == plain["key"]
+    assert "already exists" in again["skipped"]
+    (manual,) = run_backup(config.load(dict(env, BACKUP_AGE_RECIPIENTS=keys[0][1])), "manual")["backups"]
+    assert manual["key"].endswith(".sql.gz.age")
+    stored = sorted(p.name for p in tmp_path.rglob("backup_*") if p.name.endswith(names.SUFFIXES))
+    assert stored == sorted([plain["key"].rsplit("/", 1)[1], manual["key"].rsplit("/", 1)[1]])
