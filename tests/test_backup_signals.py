@@ -17,7 +17,7 @@ import time
 import oss2
 import pytest
 
-from l2c_backup import config, names
+from l2c_backup import age, config, names
 from l2c_backup.backup import run_backup
 from l2c_local.oss import Fault
 from l2c_local.resolve import child_env
@@ -232,9 +232,11 @@ def test_an_upload_left_open_by_sigkill_is_aborted_by_the_next_run(
                                           second["key"], second["key"] + ".manifest.json"])
 
 
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
 def test_a_partial_file_left_by_sigkill_is_removed_by_the_next_run(
-        pg_cluster, seeded_db, tmp_path, caplog):
-    env = dir_env(pg_cluster, seeded_db, tmp_path)
+        pg_cluster, seeded_db, tmp_path, caplog, encrypted):
+    env = dir_env(pg_cluster, seeded_db, tmp_path,
+                  **({"BACKUP_AGE_RECIPIENTS": age.generate()[1]} if encrypted else {}))
     proc = start_backup(env)
     try:
         wait_for(lambda: any(os.path.getsize(p) for p in partial_files(tmp_path)),
@@ -244,6 +246,7 @@ def test_a_partial_file_left_by_sigkill_is_removed_by_the_next_run(
     finally:
         proc.kill()
     (left,) = partial_files(tmp_path)
+    assert left.endswith(names.suffix(encrypted)), left
 
     cfg = config.load(env)
     (first,) = run_backup(cfg, "manual")["backups"]

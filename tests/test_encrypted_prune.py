@@ -16,8 +16,7 @@ from l2c_backup.backup import run_backup
 from l2c_backup.prune import (CLAIM_SUFFIX, INCOMPLETE_AFTER_SECONDS, Backup, Claim, Incomplete,
                               claim_owner, parse, plan, prune, sidecar_owner, slot_end, survey)
 from l2c_backup.storage import open_storage
-from test_backup_signals import (dir_env, open_uploads, partial_files, slow_parts,  # noqa: F401
-                                 start_backup, wait_for)
+from test_backup_signals import open_uploads, slow_parts, start_backup, wait_for  # noqa: F401
 from test_backup_faults import backup_env
 from test_prune import oss_env, oss_storage
 
@@ -258,25 +257,3 @@ def test_an_encrypted_upload_left_open_by_sigkill_is_aborted_by_the_next_run(
     assert any(left[1] in r.getMessage() and "aborted" in r.getMessage() for r in caplog.records)
     keys = sorted(o.key for o in oss2.ObjectIteratorV2(bucket, prefix=PREFIX))
     assert keys == [made["key"], made["key"] + ".manifest.json"]
-
-
-def test_an_encrypted_partial_file_left_by_sigkill_is_removed_by_the_next_run(
-        pg_cluster, seeded_db, tmp_path, caplog):
-    env = dir_env(pg_cluster, seeded_db, tmp_path, BACKUP_AGE_RECIPIENTS=recipient())
-    proc = start_backup(env)
-    try:
-        wait_for(lambda: any(os.path.getsize(p) for p in partial_files(tmp_path)),
-                 "the partial file to get its first bytes")
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    (left,) = partial_files(tmp_path)
-    assert left.endswith(".sql.gz.age"), left
-
-    with caplog.at_level("INFO", logger="l2c_backup"):
-        (made,) = run_backup(config.load(env), "manual", leftover_age=0)["backups"]
-
-    assert partial_files(tmp_path) == []
-    assert any(os.path.basename(left) in r.getMessage() for r in caplog.records)
-    assert names.is_encrypted_key(made["key"])
