@@ -203,9 +203,11 @@ def test_a_signal_between_the_object_and_its_manifest_removes_the_object(
 
 # -- SIGKILL: what it leaves, the next run removes ----------------------------------------
 
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
 def test_an_upload_left_open_by_sigkill_is_aborted_by_the_next_run(
-        pg_cluster, seeded_db, oss_server, bucket, slow_parts, caplog):
-    env = backup_env(pg_cluster, seeded_db, oss_server)
+        pg_cluster, seeded_db, oss_server, bucket, slow_parts, caplog, encrypted):
+    env = dict(backup_env(pg_cluster, seeded_db, oss_server),
+               **({"BACKUP_AGE_RECIPIENTS": age.generate()[1]} if encrypted else {}))
     proc = start_backup(env)
     try:
         wait_for(lambda: slow_parts.hits >= 3, "three parts to be on their way")
@@ -215,7 +217,7 @@ def test_an_upload_left_open_by_sigkill_is_aborted_by_the_next_run(
         proc.kill()
     oss_server.clear_faults()
     (left,) = open_uploads(bucket)  # SIGKILL cannot be caught: the upload stays open
-    assert left[0].startswith(PREFIX + "manual/backup_")
+    assert left[0].startswith(PREFIX + "manual/backup_") and left[0].endswith(names.suffix(encrypted))
 
     # A run with the default age leaves it: it may be a run still going.
     cfg = config.load(env)

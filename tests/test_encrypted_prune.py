@@ -1,14 +1,13 @@
 """Retention and leftovers when backups are encrypted (`.sql.gz.age`, issue 15): a kind's
 plain and encrypted backups are one set counted together (a rotation from plain to
 encrypted keeps the newest N, oldest first), their sidecars and claims of any generation
-go with them, and what a SIGKILLed encrypted backup leaves is cleaned by the next run.
-Against the local OSS server and a directory, with real backups where it matters."""
+go with them, and what a killed encrypted backup leaves is cleaned by the next run (the
+real SIGKILLs run plain and encrypted in test_backup_signals.py). Against the local OSS
+server and a directory, with real backups where it matters."""
 import json
 import os
-import signal
 import time
 
-import oss2
 import pytest
 
 from l2c_backup import age, config, leftovers, names
@@ -16,8 +15,7 @@ from l2c_backup.backup import run_backup
 from l2c_backup.prune import (CLAIM_SUFFIX, INCOMPLETE_AFTER_SECONDS, Backup, Claim, Incomplete,
                               claim_owner, parse, plan, prune, sidecar_owner, slot_end, survey)
 from l2c_backup.storage import open_storage
-from test_backup_signals import open_uploads, slow_parts, start_backup, wait_for  # noqa: F401
-from test_backup_faults import backup_env
+from test_backup_signals import open_uploads
 from test_prune import oss_env, oss_storage
 
 HOUR = 3600
@@ -234,26 +232,3 @@ def test_an_old_multipart_upload_of_an_encrypted_backup_is_aborted_a_young_one_k
 
     assert len(removed) == 1 and ours in removed[0]
     assert [u for _, u in open_uploads(bucket)] == [other]
-
-
-def test_an_encrypted_upload_left_open_by_sigkill_is_aborted_by_the_next_run(
-        pg_cluster, seeded_db, oss_server, bucket, slow_parts, caplog):  # noqa: F811
-    env = dict(backup_env(pg_cluster, seeded_db, oss_server), BACKUP_AGE_RECIPIENTS=recipient())
-    proc = start_backup(env)
-    try:
-        wait_for(lambda: slow_parts.hits >= 3, "three parts to be on their way")
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    oss_server.clear_faults()
-    (left,) = open_uploads(bucket)
-    assert left[0].startswith(PREFIX + "manual/backup_") and left[0].endswith(".sql.gz.age")
-
-    with caplog.at_level("INFO", logger="l2c_backup"):
-        (made,) = run_backup(config.load(env), "manual", leftover_age=0)["backups"]
-
-    assert open_uploads(bucket) == [], "the next run left the dead run's upload open"
-    assert any(left[1] in r.getMessage() and "aborted" in r.getMessage() for r in caplog.records)
-    keys = sorted(o.key for o in oss2.ObjectIteratorV2(bucket, prefix=PREFIX))
-    assert keys == [made["key"], made["key"] + ".manifest.json"]
