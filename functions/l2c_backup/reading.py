@@ -208,6 +208,31 @@ def inflate(member, number, cap):
         raise Broken("gzip-corrupt", f"member {number}: {err}") from None
 
 
+class StoredHashes:
+    """An object's bytes as stored, counted and hashed as they pass: SHA-256, and OSS's
+    CRC64 where storage reports one (`crc64`): what verify compares with the manifest
+    and with OSS."""
+
+    def __init__(self, crc64=False):
+        self.bytes = 0
+        self._sha = hashlib.sha256()
+        self._crc = Crc64(0) if crc64 else None
+
+    def update(self, data):
+        self._sha.update(data)
+        if self._crc is not None:
+            self._crc.update(data)
+        self.bytes += len(data)
+
+    @property
+    def sha256(self):
+        return self._sha.hexdigest()
+
+    @property
+    def crc64(self):
+        return str(self._crc.crc) if self._crc is not None else ""
+
+
 class ObjectReader:
     """One object's bytes read, hashed and inflated on threads; iterate for its SQL in
     order, then call finish() for the end-of-stream checks. `chunks` is the object's
@@ -235,12 +260,10 @@ class ObjectReader:
         self.observe = observe  # called with every chunk read, in order, on the read thread
         self.decrypt = decrypt
         self.workers = workers or default_workers()
-        self.bytes = 0  # read and hashed so far (updated by the hashing thread)
+        self.stored = StoredHashes(crc64)  # read and hashed so far (by the hashing thread)
         self.members = 0  # inflated and taken by the caller
         self.sql = SqlWatch()
         self.stream = GzipStream()
-        self._sha = hashlib.sha256()
-        self._crc = Crc64(0) if crc64 else None
         self._stop = threading.Event()
         self._read = queue.Queue(QUEUED_CHUNKS)
         # whole members: futures of members being inflated; streaming: hashed chunks
@@ -250,14 +273,9 @@ class ObjectReader:
         self._iterated = self._started = self._closed = False
 
     sql_bytes = property(lambda self: self.sql.sql_bytes)
-
-    @property
-    def sha256(self):
-        return self._sha.hexdigest()
-
-    @property
-    def crc64(self):
-        return str(self._crc.crc) if self._crc is not None else ""
+    bytes = property(lambda self: self.stored.bytes)
+    sha256 = property(lambda self: self.stored.sha256)
+    crc64 = property(lambda self: self.stored.crc64)
 
     def __enter__(self):
         return self
@@ -389,10 +407,7 @@ class ObjectReader:
                     self._put(self._out, item)
                     return
                 stored, data = item
-                self._sha.update(stored)
-                if self._crc is not None:
-                    self._crc.update(stored)
-                self.bytes += len(stored)
+                self.stored.update(stored)
                 if cut is None:
                     if not self._put(self._out, data):
                         return

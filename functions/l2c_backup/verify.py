@@ -28,7 +28,6 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 
-from oss2.utils import Crc64
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from . import age, alerts, archive, manifest, names
@@ -36,7 +35,7 @@ from .deflate_engine import ENGINE
 from .dump_entries import qualified_name
 from .errors import BackupNotFound, ConfigInvalid
 from .logs import bound
-from .reading import READ_SIZE, Broken, backup_reader, section_name
+from .reading import READ_SIZE, Broken, StoredHashes, backup_reader, section_name
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +224,7 @@ def check_sealed(doc, sealed, header, size):
                      f"{doc['object']['size']} bytes its manifest records")
 
 
-class StoredBytes:
+class StoredBytes(StoredHashes):
     """An encrypted object read without its identity: its size, SHA-256 and CRC64 taken
     as the bytes pass, and its age header parsed from the first of them (Broken
     "age-header" when malformed); nothing is decrypted and nothing kept but the header.
@@ -235,28 +234,15 @@ class StoredBytes:
     members = sql_bytes = 0  # nothing inflated
 
     def __init__(self, chunks, crc64=False):
+        super().__init__(crc64)
         self.chunks = chunks
-        self.bytes = 0
         self.header = None
         self._first = bytearray()
-        self._sha = hashlib.sha256()
-        self._crc = Crc64(0) if crc64 else None
-
-    @property
-    def sha256(self):
-        return self._sha.hexdigest()
-
-    @property
-    def crc64(self):
-        return str(self._crc.crc) if self._crc is not None else ""
 
     def run(self):
         try:
             for data in self.chunks:
-                self._sha.update(data)
-                if self._crc is not None:
-                    self._crc.update(data)
-                self.bytes += len(data)
+                self.update(data)
                 if self.header is None:
                     self._first += data[:HEADER_PEEK - len(self._first)]
                     if len(self._first) >= HEADER_PEEK:
