@@ -284,8 +284,11 @@ def unmark_sql(name):
 def _replace_leftover(admin, settings, name):
     """Drops a database `name` left by a restore that was killed (marked, no session);
     refuses one that is not ours or may still be restoring."""
+    # Client sessions only: an autovacuum worker visits a database whose tables a killed
+    # --jobs restore committed (each COPY commits), and DROP DATABASE ends it by itself.
     found = admin.run("SELECT coalesce(shobj_description(d.oid, 'pg_database'), ''), "
-                      "(SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid) "
+                      "(SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid "
+                      "AND a.backend_type = 'client backend') "
                       "FROM pg_database d WHERE d.datname = :n", n=name)
     if not found:
         return
