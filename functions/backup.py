@@ -12,7 +12,7 @@ import json
 import logging
 from datetime import datetime
 
-from l2c_backup import config, events, fanout, logs
+from l2c_backup import config, events, fanout, history, logs
 from l2c_backup.backup import run_backup
 from l2c_backup.errors import L2CError
 from l2c_backup.fc import credentials_from, report_failure
@@ -36,6 +36,7 @@ def time_budget(context, environ):
 def handler(event, context):
     logs.setup(json_lines=True)
     request_id = getattr(context, "request_id", "") or ""
+    cfg = request = None
     with logs.bound(request_id=request_id, function="backup"):
         try:
             request = events.parse_backup_event(event)
@@ -59,5 +60,8 @@ def handler(event, context):
                 summary = run_backup(cfg, kind, request_id=request_id)
         except L2CError as err:
             report_failure(log, "backup", err)
+            if cfg is not None:  # else there is no target to record the failure in
+                history.record_failed_run(cfg, request["kind"], request.get("database") or "",
+                                          err, request_id)
             raise
     return json.dumps(summary)

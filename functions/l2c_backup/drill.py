@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 
 import pg8000.native
 
-from . import alerts, archive, config, manifest, names
+from . import alerts, archive, config, history, manifest, names
 from .database import connect
 from .errors import L2CError, RestoreRefused
 from .parallel_restore import restore_parallel
@@ -126,7 +126,8 @@ def run_drill(storage, kind, server, production_db, sql_checks=(), rto_seconds=R
     (DatabaseSettings of a database to connect to there) over `jobs` sessions (default
     DRILL_RESTORE_JOBS), checks it, drops it. An encrypted backup is opened with
     `identities` (None: from the environment).
-    Returns the report; alerts the result (urgent when anything failed)."""
+    Returns the report; alerts the result (urgent when anything failed) and records it in
+    the storage's history (history.py) for the status page."""
     jobs = jobs or config.drill_restore_jobs()
     scratch = scratch_name(kind)
     if not scratch.startswith(SCRATCH_PREFIX) or scratch == production_db:
@@ -185,4 +186,5 @@ def run_drill(storage, kind, server, production_db, sql_checks=(), rto_seconds=R
     else:
         log.error("drill failed: %s", "; ".join(report["failures"]))
         alerts.send(alerts.Alert("urgent", "drill failed", "; ".join(report["failures"]), facts))
+    history.record_drill(storage, report, history.scrub_of(server))
     return report

@@ -52,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from urllib.parse import quote, unquote
 
-from . import alerts, claims, invoke, logs, names, signals
+from . import alerts, claims, history, invoke, logs, names, signals
 from .backup import GLOBALS, databases_to_back_up, run_backup
 from .errors import ConfigInvalid, L2CError
 from .signals import Stopped
@@ -308,6 +308,7 @@ def _start(storage, kind, run, database, invoker, function, when, request_id, su
         failures.append(err)
         summary["not_started"].append({"database": database, "error": one_line(err)})
         record_outcome(storage, kind, run, outcome_failed(database, err, request_id))
+        history.record_backup_failure(storage, kind, database, err, request_id)
         return
     log.info("started the backup of %s (request %s, async task %s)", database, started, task)
     summary["dispatched"].append({"database": database, "task_id": task, "request_id": started})
@@ -318,6 +319,7 @@ def _globals(config, storage, kind, run, when, request_id, failures):
         done = run_backup(config, kind, request_id, when=when, only=GLOBALS)["backups"][0]
     except L2CError as err:
         failures.append(err)
+        history.record_failed_run(config, kind, GLOBALS, err, request_id)
         record = outcome_failed(GLOBALS, err, request_id)
         record_outcome(storage, kind, run, record)
         return record
@@ -332,6 +334,7 @@ def run_one(config, kind, database, request_id="", run=None, when=None):
     try:
         summary = run_backup(config, kind, request_id, when=when, only=database)
     except L2CError as err:
+        history.record_failed_run(config, kind, database, err, request_id)
         if run:
             storage = open_storage(config.target, config.oss)
             record_outcome(storage, kind, run, outcome_failed(database, err, request_id))

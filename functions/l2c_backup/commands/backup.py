@@ -3,8 +3,9 @@ import json
 import sys
 import time
 
-from .. import config, fanout
+from .. import config, fanout, history
 from ..backup import run_backup
+from ..errors import L2CError
 from ..names import KINDS
 
 
@@ -31,6 +32,14 @@ def add_parser(subparsers):
 
 def run(args):
     cfg = config.load(database_url=args.database_url, target=args.to)
+    try:
+        return _run(cfg, args)
+    except L2CError as err:  # before the config loaded there was no target to record it in
+        history.record_failed_run(cfg, args.kind, "", err)
+        raise
+
+
+def _run(cfg, args):
     if fanout.wanted(cfg):
         return _run_several(cfg, args)
     progress = _Progress() if sys.stderr.isatty() and not args.json else None
