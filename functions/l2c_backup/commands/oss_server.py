@@ -22,6 +22,10 @@ def add_parser(subparsers):
     p.add_argument("--restore-delay", type=float, default=2.0, metavar="SECONDS",
                    help="how long a RestoreObject of an Archive object takes here (default 2; "
                         "OSS takes about 60 for Archive)")
+    p.add_argument("--cname", action="append", default=[], metavar="HOST=BUCKET",
+                   help="bind custom domain HOST to BUCKET, as OSS's CNAME binding does: "
+                        "requests with that Host address the bucket and get web pages shown, "
+                        "not downloaded (repeatable; e.g. status.example.oss-local.test=l2c-backups)")
     p.add_argument("--json", action="store_true", help="print the connection details as JSON")
     p.set_defaults(run=run)
 
@@ -44,9 +48,21 @@ def run(args):
         except OSError as err:  # a file further up the path, or no permission
             raise ConfigInvalid(f"--data {args.data} cannot be used: {err.strerror}",
                                 "give a directory you may write to") from None
-    server = LocalOSS(data_dir=args.data, host=args.host, port=args.port, region=args.region,
-                      buckets=args.buckets or ["l2c-backups", "l2c-backups-dr"],
-                      restore_delay_seconds=args.restore_delay)
+    cnames = {}
+    for binding in args.cname:
+        domain, _, bucket = binding.partition("=")
+        if not domain.strip() or not bucket.strip():
+            raise ConfigInvalid(f"--cname {binding!r} is not HOST=BUCKET",
+                                "give a host name and a bucket, e.g. "
+                                "--cname status.example.oss-local.test=l2c-backups")
+        cnames[domain.strip()] = bucket.strip()
+    try:
+        server = LocalOSS(data_dir=args.data, host=args.host, port=args.port, region=args.region,
+                          buckets=args.buckets or ["l2c-backups", "l2c-backups-dr"],
+                          restore_delay_seconds=args.restore_delay, cnames=cnames)
+    except ValueError as err:  # a --cname that names no host, or the endpoint itself
+        raise ConfigInvalid(f"--cname: {err}", "give a host name of its own, e.g. "
+                            "--cname status.example.oss-local.test=l2c-backups") from None
     try:
         server.start()
     except OSError as err:
@@ -56,7 +72,8 @@ def run(args):
     # is virtual-hosted, as on Aliyun, where *.oss-local.test resolves (l2c_local.resolve).
     details = {"endpoint": server.endpoint_ip, "virtual_hosted_endpoint": server.endpoint,
                "region": server.region,
-               "buckets": server.bucket_names(), "access_key_id": server.access_key_id,
+               "buckets": server.bucket_names(), "cnames": dict(server.cnames),
+               "access_key_id": server.access_key_id,
                "access_key_secret": server.access_key_secret,
                "data": args.data or "(temporary)"}
     if args.json:
@@ -67,6 +84,8 @@ def run(args):
               "resolves to 127.0.0.1; see scripts/l2c_local/oss/README.md)\n"
               f"  region:            {details['region']}\n"
               f"  buckets:           {', '.join(details['buckets'])}\n"
+              + "".join(f"  custom domain:     {domain} -> {bucket}\n"
+                        for domain, bucket in details["cnames"].items()) +
               f"  access key id:     {details['access_key_id']}\n"
               f"  access key secret: {details['access_key_secret']}  (test credentials)\n"
               f"  state:             {details['data']}\n"

@@ -1,4 +1,5 @@
-"""Checks OSS request signatures as the service does: V1 (HMAC-SHA1) and V4 (HMAC-SHA256).
+"""Checks OSS request signatures as the service does: V1 (HMAC-SHA1) and V4 (HMAC-SHA256)
+in the Authorization header, and V1 in the query string (a signed URL, GET and HEAD).
 
 The server rebuilds the string to sign from the request it received, the way oss2 builds
 it before sending (oss2/auth.py), so a client bug or a wrong secret fails here as it
@@ -15,6 +16,8 @@ from datetime import datetime, timezone
 from oss2.auth import ProviderAuth
 
 from .store import OSSError
+from .surface import not_implemented
+from .xmlbody import iso8601
 
 MAX_SKEW_SECONDS = 15 * 60
 
@@ -23,6 +26,12 @@ MAX_SKEW_SECONDS = 15 * 60
 V1_SUBRESOURCES = ProviderAuth._subresource_key_set
 
 V4_ALWAYS_SIGNED = ("content-type", "content-md5")
+
+# A V1 signed URL carries its signature in these parameters, which are never signed
+# themselves; an STS key's `security-token` rides along as a signed sub-resource.
+QUERY_SIGNATURE = ("OSSAccessKeyId", "Expires", "Signature")
+# Methods a signed URL is served for here (the status page is read with GET).
+QUERY_SIGNED_METHODS = ("GET", "HEAD")
 
 
 @dataclass
@@ -36,8 +45,18 @@ def _hmac(key, msg, digest):
     return hmac.new(key, msg, digest).digest()
 
 
-def _denied(code, message, status=403, **extra):
-    return OSSError(status, code, message, extra=extra)
+def _denied(code, message, status=403, ec="", **extra):
+    return OSSError(status, code, message, ec, extra=extra)
+
+
+def _check_v1_signature(cred, to_sign, signature):
+    expected = base64.b64encode(_hmac(cred.access_key_secret.encode(), to_sign,
+                                      hashlib.sha1)).decode()
+    if not hmac.compare_digest(expected, signature):
+        raise _denied("SignatureDoesNotMatch", "The request signature we calculated does not "
+                      "match the signature you provided. Check your key and signing method.",
+                      StringToSign=to_sign.decode("utf-8", "replace"),
+                      OSSAccessKeyId=cred.access_key_id)
 
 
 def _raw(value):
@@ -51,14 +70,13 @@ def _check_time(request_time, now):
                       "current time is too large.", MaxAllowedSkewMilliseconds="900000")
 
 
-def _v1_string_to_sign(method, headers, bucket, key, params):
+def _v1_string_to_sign(method, headers, bucket, key, params, date):
     oss_headers = sorted((k.lower(), v) for k, v in headers.items() if k.lower().startswith("x-oss-"))
     canon = b"".join(k.encode() + b":" + _raw(v) + b"\n" for k, v in oss_headers)
     resource = f"/{bucket}/{key}" if bucket else "/"
     signed = sorted((k, v) for k, v in params if k in V1_SUBRESOURCES)
     if signed:
         resource += "?" + "&".join(f"{k}={v}" if v else k for k, v in signed)
-    date = headers.get("x-oss-date") or headers.get("date", "")
     return b"\n".join([method.encode(), _raw(headers.get("content-md5", "")),
                        _raw(headers.get("content-type", "")), _raw(date),
                        canon + resource.encode("utf-8")])
@@ -100,20 +118,30 @@ class Authenticator:
         self.credentials[access_key_id] = Credential(access_key_id, access_key_secret,
                                                      security_token or "")
 
-    def _lookup(self, access_key_id, headers):
+    def _lookup(self, access_key_id, security_token):
         cred = self.credentials.get(access_key_id)
         if cred is None:
             raise _denied("InvalidAccessKeyId", "The OSS Access Key Id you provided does not exist "
                           "in our records.", OSSAccessKeyId=access_key_id)
-        if cred.security_token and headers.get("x-oss-security-token") != cred.security_token:
+        if cred.security_token and security_token != cred.security_token:
             raise _denied("InvalidSecurityToken", "The security token you provided is invalid.")
         return cred
 
     def verify(self, method, headers, bucket, key, params):
-        """Checks the request's Authorization; returns the access key id that signed it.
+        """Checks the request's Authorization header, or the signature in its query string
+        (a signed URL); returns the access key id that signed it.
 
         headers: a case-insensitive mapping; params: decoded (name, value) query pairs."""
         auth = headers.get("authorization", "")
+        names = {name for name, _ in params}
+        if names & {"OSSAccessKeyId", "Signature"}:
+            if auth:
+                # OSS takes a signature in the URL or in the header, never both.
+                raise _denied("InvalidArgument", "A request is signed in its Authorization "
+                              "header or in its URL, not both.", status=400)
+            return self._verify_query_v1(method, headers, bucket, key, params)
+        if "x-oss-signature" in names or "x-oss-signature-version" in names:
+            raise not_implemented("A V4 signature in the URL", {"Parameter": "x-oss-signature"})
         if auth.startswith("OSS4-HMAC-SHA256 "):
             return self._verify_v4(auth, method, headers, bucket, key, params)
         if auth.startswith("OSS "):
@@ -123,7 +151,7 @@ class Authenticator:
 
     def _verify_v1(self, auth, method, headers, bucket, key, params):
         access_key_id, _, signature = auth[4:].partition(":")
-        cred = self._lookup(access_key_id.strip(), headers)
+        cred = self._lookup(access_key_id.strip(), headers.get("x-oss-security-token"))
         # OSS takes the request time from x-oss-date when present, else from Date; the
         # same value is the Date line of the string to sign.
         date = headers.get("x-oss-date") or headers.get("date")
@@ -133,14 +161,31 @@ class Authenticator:
             raise _denied("AccessDenied", "The Date (or x-oss-date) header is missing or "
                           "invalid.") from None
         _check_time(request_time, self.now())
-        to_sign = _v1_string_to_sign(method, headers, bucket, key, params)
-        expected = base64.b64encode(_hmac(cred.access_key_secret.encode(), to_sign,
-                                          hashlib.sha1)).decode()
-        if not hmac.compare_digest(expected, signature.strip()):
-            raise _denied("SignatureDoesNotMatch", "The request signature we calculated does not "
-                          "match the signature you provided. Check your key and signing method.",
-                          StringToSign=to_sign.decode("utf-8", "replace"),
-                          OSSAccessKeyId=access_key_id)
+        to_sign = _v1_string_to_sign(method, headers, bucket, key, params, date)
+        _check_v1_signature(cred, to_sign, signature.strip())
+        return cred.access_key_id
+
+    def _verify_query_v1(self, method, headers, bucket, key, params):
+        """A V1 signed URL: the string to sign is the header form's with the Expires
+        parameter (epoch seconds) in the Date line; the URL is refused once it has passed."""
+        query = dict(params)
+        if method not in QUERY_SIGNED_METHODS:
+            raise not_implemented(f"A signed URL for {method}", {"Method": method})
+        for name in QUERY_SIGNATURE:
+            if not query.get(name):
+                raise _denied("AccessDenied", f"The signed URL has no {name} parameter.")
+        try:
+            expires = int(query["Expires"])
+        except ValueError:
+            raise _denied("AccessDenied", "The Expires parameter is not a time in epoch "
+                          "seconds.", ec="0002-00000070") from None
+        now = self.now()
+        if now > expires:
+            raise _denied("AccessDenied", "Request has expired.", ec="0002-00000069",
+                          Expires=iso8601(expires), ServerTime=iso8601(now))
+        cred = self._lookup(query["OSSAccessKeyId"], query.get("security-token"))
+        to_sign = _v1_string_to_sign(method, headers, bucket, key, params, query["Expires"])
+        _check_v1_signature(cred, to_sign, query["Signature"])
         return cred.access_key_id
 
     def _verify_v4(self, auth, method, headers, bucket, key, params):
@@ -153,7 +198,7 @@ class Authenticator:
             signature = fields["Signature"]
         except (KeyError, ValueError):
             raise _denied("AccessDenied", "Authorization header is invalid.", status=400) from None
-        cred = self._lookup(access_key_id, headers)
+        cred = self._lookup(access_key_id, headers.get("x-oss-security-token"))
         date_time = headers.get("x-oss-date", "")
         try:
             request_time = datetime.strptime(date_time, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)

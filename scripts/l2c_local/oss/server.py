@@ -2,7 +2,8 @@
 
 A request names its bucket as OSS does: in the Host header (`<bucket>.oss-local.test:PORT`,
 virtual-hosted, how oss2 addresses every named endpoint), or in the path
-(`/bucket/url-encoded-key`) when the Host is an IP or localhost, how oss2 addresses those.
+(`/bucket/url-encoded-key`) when the Host is an IP or localhost, how oss2 addresses those,
+or by a custom domain bound to the bucket (`cnames`), where the whole path is the key.
 Each is matched against scripted faults, authenticated, checked against what this server
 implements (surface.py) and what OSS refuses (validate.py), then served from the Store.
 Bodies are streamed to and from blob files, so large backups pass through with flat memory.
@@ -41,6 +42,14 @@ DEFAULT_KMS_KEY_ID = "0e7f9c7a-3b1d-4c55-9b5e-6f2c10ca1e75"
 # GetObject query parameters that override response headers (response-content-type=...).
 RESPONSE_OVERRIDES = ("content-type", "content-language", "expires", "cache-control",
                       "content-disposition", "content-encoding")
+# Standard headers PutObject (InitiateMultipartUpload, CopyObject with REPLACE) stores with
+# the object, and GET / HEAD send back.
+STORED_HEADERS = ("cache-control", "content-disposition", "content-encoding",
+                  "content-language", "expires")
+# Web pages OSS serves as downloads on its own domains (since 2018-08-13: mimetype
+# text/html, or one of these extensions); a custom domain bound to the bucket serves them
+# as they are.
+WEB_PAGE_EXTENSIONS = ("htm", "html", "jsp", "plg", "htx", "stm")
 CONFIG_MISSING = {
     "lifecycle": (404, "NoSuchLifecycle", "The lifecycle configuration does not exist."),
     "policy": (404, "NoSuchBucketPolicy", "The bucket policy does not exist."),
@@ -108,6 +117,7 @@ class Handler(BaseHTTPRequestHandler):
         self.params = parse_qsl(url.query, keep_blank_values=True)
         self.query = dict(self.params)
         self.bucket, self.key = "", None
+        self.via_custom_domain = False
         try:
             host_bucket = self._bucket_from_host()
             if host_bucket is None and url.path.startswith("/-/"):
@@ -135,6 +145,9 @@ class Handler(BaseHTTPRequestHandler):
         host = self.headers.get("Host", "")
         name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
         name = name.rstrip(".").lower()
+        if name in self.oss.cnames:
+            self.via_custom_domain = True
+            return self.oss.cnames[name]
         endpoint = self.oss.hostname
         if name.endswith("." + endpoint):
             return name[:-len(endpoint) - 1]
@@ -633,7 +646,11 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- objects --------------------------------------------------------------------
     def _meta(self):
-        return {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-oss-meta-")}
+        return {k.lower(): v for k, v in self.headers.items()
+                if k.lower().startswith("x-oss-meta-") or k.lower() in STORED_HEADERS}
+
+    def _acl(self):
+        return surface.object_acl(self.headers.get("x-oss-object-acl"))
 
     def _sse(self):
         sse = {k: self.headers[k] for k in SERVER_SIDE_ENCRYPTION if k in self.headers}
@@ -686,7 +703,8 @@ class Handler(BaseHTTPRequestHandler):
                 raise
             version = self.oss.store.put(
                 self.bucket, self.key, writer, self.headers.get("Content-Type", ""), self._meta(),
-                _parse_tags(self.headers.get("x-oss-tagging")), sse, storage_class=storage_class)
+                _parse_tags(self.headers.get("x-oss-tagging")), sse, storage_class=storage_class,
+                acl=self._acl())
         self.oss.object_created(self.bucket, self.key, version, "PutObject", self.request_id,
                                 self.client_address[0])
         self.send(200, headers=self._version_headers(version))
@@ -714,7 +732,7 @@ class Handler(BaseHTTPRequestHandler):
             self._meta() if replace_meta else dict(src.meta),
             _parse_tags(self.headers.get("x-oss-tagging")) if replace_tags else dict(src.tags),
             self._sse() or dict(src.sse), etag=src.etag, crc64=src.crc64,
-            storage_class=storage_class)
+            storage_class=storage_class, acl=self._acl())
         self.oss.object_created(self.bucket, self.key, version, "CopyObject", self.request_id,
                                 self.client_address[0])
         self.send(200, xmlbody.build("CopyObjectResult", [
@@ -764,6 +782,8 @@ class Handler(BaseHTTPRequestHandler):
             content_type = self.query.get("response-content-type", version.content_type)
             headers.update({name: self.query[f"response-{name}"] for name in RESPONSE_OVERRIDES[1:]
                             if f"response-{name}" in self.query})
+            if not self.via_custom_domain and _web_page(self.key, version.content_type):
+                headers.update({"content-disposition": "attachment", "x-oss-force-download": "true"})
             byte_range = self._range(version.size) if self.command == "GET" else None
             status, start, length = 200, 0, version.size
             if byte_range:
@@ -890,7 +910,8 @@ class Handler(BaseHTTPRequestHandler):
         upload = self.oss.store.initiate(self.bucket, self.key, self.headers.get("Content-Type", ""),
                                          self._meta(), _parse_tags(self.headers.get("x-oss-tagging")),
                                          self._sse(),
-                                         validate.storage_class(self.headers.get("x-oss-storage-class")))
+                                         validate.storage_class(self.headers.get("x-oss-storage-class")),
+                                         self._acl())
         self.oss.notify(self.bucket, self.key, ObjectState(0, ""), "InitiateMultipartUpload",
                         self.request_id, self.client_address[0])
         enc = xmlbody.encoder(self.params)
@@ -958,6 +979,14 @@ class Handler(BaseHTTPRequestHandler):
             self.send(400, json.dumps({"error": str(exc)}).encode(), content_type="application/json")
 
 
+def _web_page(key, content_type):
+    """Whether OSS forces a download of this object on its own domains."""
+    media_type = content_type.partition(";")[0].strip().lower()
+    name = key.rpartition("/")[2]
+    extension = name.rpartition(".")[2].lower() if "." in name else ""
+    return media_type == "text/html" or extension in WEB_PAGE_EXTENSIONS
+
+
 def _int(text, name="value"):
     try:
         return int(text)
@@ -971,11 +1000,14 @@ class LocalOSS:
     def __init__(self, data_dir=None, host="127.0.0.1", port=0, region="cn-hangzhou",
                  buckets=(), access_key_id=TEST_ACCESS_KEY_ID,
                  access_key_secret=TEST_ACCESS_KEY_SECRET, hostname=resolve.TEST_DOMAIN,
-                 restore_delay_seconds=DEFAULT_RESTORE_DELAY_SECONDS):
+                 restore_delay_seconds=DEFAULT_RESTORE_DELAY_SECONDS, cnames=None):
         self.data_dir, self.host, self.port, self.region = data_dir, host, port, region
         # How long a RestoreObject takes here (any frozen class); may be changed any time.
         self.restore_delay_seconds = restore_delay_seconds
         self.hostname = hostname.lower()
+        self.cnames = {}  # custom domain (host name, no port) -> the bucket bound to it
+        for domain, bucket in (cnames or {}).items():
+            self.bind_domain(domain, bucket)
         self.access_key_id, self.access_key_secret = access_key_id, access_key_secret
         self.initial_buckets = list(buckets)
         self.faults = FaultPlan()
@@ -1035,6 +1067,26 @@ class LocalOSS:
     def create_bucket(self, name):
         self.store.create_bucket(name)
 
+    def bind_domain(self, domain, bucket):
+        """Binds custom domain `domain` (a host name) to `bucket`, as OSS's CNAME binding
+        does: a request whose Host is that name addresses the bucket, its whole path is
+        the key, and web pages are served as they are (no forced download).
+
+        oss2 signs for a custom domain (is_cname) only when it is a name: it addresses
+        an IP or `localhost` path style whatever it is told. A name under the endpoint
+        with a dot in front (`status.example.oss-local.test`) resolves where
+        l2c_local.resolve is installed and can never be a bucket (bucket names have no
+        dots). ValueError for a name that is not a bare host name, or that is the
+        endpoint or one of its buckets."""
+        name = domain.strip().rstrip(".").lower()
+        if not name or ":" in name or "/" in name:
+            raise ValueError(f"custom domain {domain!r}: give a host name, without port or path")
+        if name == self.hostname or (name.endswith("." + self.hostname)
+                                     and "." not in name[:-len(self.hostname) - 1]):
+            raise ValueError(f"custom domain {name}: that is this server's endpoint or one of "
+                             f"its buckets; a name like status.example.{self.hostname} is free")
+        self.cnames[name] = bucket
+
     def bucket_names(self):
         with self.store.lock:
             return sorted(self.store.buckets)
@@ -1068,7 +1120,7 @@ class LocalOSS:
     def admin(self, method, path, body):
         if path == "health":
             return {"status": "ok", "endpoint": self.endpoint, "endpoint_ip": self.endpoint_ip,
-                    "buckets": self.bucket_names()}
+                    "buckets": self.bucket_names(), "cnames": dict(self.cnames)}
         if path == "faults" and method == "POST":
             fault = self.inject(Fault.from_json(body))
             return {"added": repr(fault)}
@@ -1136,7 +1188,7 @@ class LocalOSS:
         copy = store.put(target, key, writer, version.content_type, dict(version.meta),
                          dict(version.tags), dict(version.sse), version.object_type,
                          etag=version.etag, crc64=version.crc64,
-                         storage_class=version.storage_class)
+                         storage_class=version.storage_class, acl=version.acl)
         self.object_created(target, key, copy, "PutObject", _request_id(), "127.0.0.1")
 
     def _replicate_delete(self, target, key):

@@ -98,10 +98,13 @@ class Version:
     crc64: str = ""
     content_type: str = ""
     object_type: str = "Normal"
+    # x-oss-meta-* and the standard headers stored with the object (Content-Disposition,
+    # Cache-Control, ...), as GET and HEAD send them back; names in lower case.
     meta: dict = field(default_factory=dict)
     tags: dict = field(default_factory=dict)
     sse: dict = field(default_factory=dict)
     storage_class: str = "Standard"
+    acl: str = "default"  # x-oss-object-acl: "default" (the bucket's: private) or "private"
     # RestoreObject of a frozen class: the copy is readable from restore_ready (store
     # time) until restore_expiry; 0 when no restore was asked for (or it expired).
     restore_ready: float = 0.0
@@ -130,6 +133,7 @@ class Upload:
     sse: dict = field(default_factory=dict)
     parts: dict = field(default_factory=dict)  # number -> Part
     storage_class: str = ""  # x-oss-storage-class of the initiate ("": the bucket's)
+    acl: str = "default"  # x-oss-object-acl of the initiate
 
 
 @dataclass
@@ -405,7 +409,7 @@ class Store:
             raise file_immutable(key)
 
     def put(self, name, key, writer, content_type="", meta=None, tags=None, sse=None,
-            object_type="Normal", etag=None, crc64=None, storage_class=None):
+            object_type="Normal", etag=None, crc64=None, storage_class=None, acl="default"):
         """Stores a finished blob as the newest version of key; returns that Version.
         `storage_class` None: the bucket's."""
         with self.lock:
@@ -420,7 +424,8 @@ class Store:
                 blob=writer.name, size=writer.size, etag=etag or writer.etag,
                 crc64=crc64 or str(writer.crc.crc), content_type=content_type or
                 "application/octet-stream", object_type=object_type, meta=meta or {},
-                tags=tags or {}, sse=sse or {}, storage_class=storage_class or bucket.storage_class)
+                tags=tags or {}, sse=sse or {}, storage_class=storage_class or bucket.storage_class,
+                acl=acl)
             self._add_version(bucket, key, version)
             self.save()
             return version
@@ -477,12 +482,12 @@ class Store:
 
     # -- multipart ----------------------------------------------------------------
     def initiate(self, name, key, content_type="", meta=None, tags=None, sse=None,
-                 storage_class=None):
+                 storage_class=None, acl="default"):
         with self.lock:
             bucket = self.bucket(name)
             upload = Upload(upload_id=uuid.uuid4().hex.upper(), key=key, initiated=self.now(),
                             content_type=content_type, meta=meta or {}, tags=tags or {},
-                            sse=sse or {}, storage_class=storage_class or "")
+                            sse=sse or {}, storage_class=storage_class or "", acl=acl)
             bucket.uploads[upload.upload_id] = upload
             self.save()
             return upload
@@ -557,7 +562,7 @@ class Store:
             etag = f"{hashlib.md5(md5s).hexdigest().upper()}-{len(parts)}"
             version = self.put(name, key, writer, upload.content_type, upload.meta, upload.tags,
                                upload.sse, object_type="Multipart", etag=etag, crc64=str(combined),
-                               storage_class=upload.storage_class or None)
+                               storage_class=upload.storage_class or None, acl=upload.acl)
             for part in upload.parts.values():
                 os.unlink(self.blob_path(part.blob))
             del self.bucket(name).uploads[upload_id]

@@ -18,12 +18,17 @@ RESPONSE_PARAMETERS = frozenset(f"response-{name}" for name in (
     "content-encoding"))
 QUALIFIERS = frozenset({"versionId", "partNumber", "comp", "wormExtend", "continuation-token"}
                        | RESPONSE_PARAMETERS)
+# A signed URL's own parameters (auth.py checks them): they name no operation.
+SIGNED_URL_PARAMETERS = frozenset({"OSSAccessKeyId", "Expires", "Signature", "security-token"})
 
 ALWAYS_HONOURED = frozenset({"x-oss-date", "x-oss-security-token", "x-oss-content-sha256"})
 SERVER_SIDE_ENCRYPTION = frozenset({"x-oss-server-side-encryption", "x-oss-server-side-encryption-key-id",
                                     "x-oss-server-side-data-encryption"})
-OBJECT_WRITE = frozenset({"x-oss-tagging", "x-oss-forbid-overwrite", "x-oss-storage-class"}) \
-    | SERVER_SIDE_ENCRYPTION
+OBJECT_WRITE = frozenset({"x-oss-tagging", "x-oss-forbid-overwrite", "x-oss-storage-class",
+                          "x-oss-object-acl"}) | SERVER_SIDE_ENCRYPTION
+# x-oss-object-acl values OSS takes; the public ones are refused here (OBJECT_ACL_SERVED).
+OBJECT_ACLS = ("default", "private", "public-read", "public-read-write")
+OBJECT_ACL_SERVED = ("default", "private")
 COPY = OBJECT_WRITE | {"x-oss-copy-source", "x-oss-metadata-directive", "x-oss-tagging-directive"}
 CONDITIONS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
 
@@ -80,7 +85,7 @@ def not_implemented(what, element, status=501):
 def check(level, method, params, headers):
     """Refuses a request outside the whitelists; returns the operation's sub-resource."""
     names = {name for name, _ in params}
-    subs = {n for n in names if n in SUB_RESOURCES or n.startswith("x-oss-")}
+    subs = {n for n in names if n in SUB_RESOURCES or n.startswith("x-oss-")} - SIGNED_URL_PARAMETERS
     operation = subs - QUALIFIERS
     if len(operation) > 1:
         raise not_implemented("A request naming several sub-resources "
@@ -110,4 +115,21 @@ def check(level, method, params, headers):
     if "x-oss-acl" in honoured and headers.get("x-oss-acl", "private") != "private":
         raise not_implemented(f"x-oss-acl: {headers['x-oss-acl']} (buckets here are private)",
                               {"Header": "x-oss-acl"}, status=400)
+    if "x-oss-object-acl" in honoured:
+        object_acl(headers.get("x-oss-object-acl"))
     return op
+
+
+def object_acl(value):
+    """The ACL an x-oss-object-acl header gives a new object ("default" without one).
+    Everything here is private: a public ACL is refused, never recorded and ignored."""
+    if value is None:
+        return "default"
+    if value not in OBJECT_ACLS:
+        raise OSSError(400, "InvalidArgument", f"x-oss-object-acl {value!r} is not one of "
+                       f"{', '.join(OBJECT_ACLS)}.", extra={"ArgumentName": "x-oss-object-acl",
+                                                           "ArgumentValue": value})
+    if value not in OBJECT_ACL_SERVED:
+        raise not_implemented(f"x-oss-object-acl: {value} (objects here are private)",
+                              {"Header": "x-oss-object-acl"}, status=400)
+    return value
