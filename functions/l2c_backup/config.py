@@ -100,6 +100,11 @@ ENV_SCHEMA = {
         "OSS_ACCESS_KEY_ID": {"type": "string", "x-cli-only": True},
         "OSS_ACCESS_KEY_SECRET": {"type": "string", "x-cli-only": True},
         "OSS_SECURITY_TOKEN": {"type": "string", "x-cli-only": True},
+        # `status --url` signs the page's URL for this domain (bound to the bucket, so a
+        # browser shows the page; OSS's own domain makes it a download).
+        "OSS_STATUS_DOMAIN": {"type": "string", "pattern": "^https?://[^/]+/?$", "x-cli-only": True,
+                              "description": "a custom domain bound to the bucket, as a URL "
+                                             "like https://status.example.com"},
         "MIRROR_DIR": {"type": "string", "x-cli-only": True},
     },
 }
@@ -208,7 +213,8 @@ def oss_settings(environ, credentials=None):
         security_token=token or "", region=environ.get("OSS_REGION", ""),
         server_side_encryption=sse, kms_key_id=environ.get("OSS_SSE_KMS_KEY_ID", "") if sse == "KMS" else "",
         concurrency=int(environ.get("UPLOAD_CONCURRENCY", 2)),
-        min_part_size=int(environ.get("UPLOAD_MIN_PART_MB", 8)) * MIB)
+        min_part_size=int(environ.get("UPLOAD_MIN_PART_MB", 8)) * MIB,
+        status_domain=environ.get("OSS_STATUS_DOMAIN", "").rstrip("/"))
 
 
 def storage_target(environ=None, target=None, credentials=None, flag="--to"):

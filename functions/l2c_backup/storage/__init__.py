@@ -48,8 +48,20 @@ class Storage(Protocol):
         no open multipart upload) and the error propagates. With overwrite=False an
         existing object is never replaced (FileExistsError)."""
 
-    def put_bytes(self, key: str, data: bytes, overwrite: bool = True) -> StoredObject:
-        """Small objects (manifests), same all-or-nothing rule."""
+    def put_bytes(self, key: str, data: bytes, overwrite: bool = True,
+                  content_type: Optional[str] = None,
+                  content_disposition: Optional[str] = None) -> StoredObject:
+        """Small objects (manifests, records, the status page), same all-or-nothing rule.
+        OSS: the object is private (`x-oss-object-acl: private`, whatever the bucket's
+        ACL) and keeps `content_type` / `content_disposition` as the headers GET sends
+        back; a directory takes and ignores them."""
+
+    def signed_url(self, key: str, expires_seconds: int) -> str:
+        """A URL that opens `key` in a browser without credentials. OSS: a V1 query-signed
+        GET URL valid for `expires_seconds`, 60 s to 7 days (else ConfigInvalid), on the
+        custom domain bound to the bucket when one is set (OSSSettings.status_domain: on
+        OSS's own domain a web page is downloaded, not shown); nothing is sent, so the key
+        need not exist yet. Directory: the file's file:// URI, which never expires."""
 
     def head(self, key: str) -> Optional[StoredObject]:
         """The object's size and checksums, or None when it does not exist."""

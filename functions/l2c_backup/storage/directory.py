@@ -7,6 +7,7 @@ then renamed into place, so a reader never sees half a backup; a crash leaves on
 import hashlib
 import json
 import os
+import pathlib
 import uuid
 
 from oss2.utils import Crc64
@@ -54,8 +55,13 @@ class DirectoryStorage:
             raise
         return StoredObject(key, size, md5.hexdigest().upper(), str(crc.crc))
 
-    def put_bytes(self, key, data, overwrite=True):
+    def put_bytes(self, key, data, overwrite=True, content_type=None, content_disposition=None):
+        # A file keeps no headers: a browser takes the type from the name (index.html).
         return self.put_stream(key, [data], len(data), overwrite)
+
+    def signed_url(self, key, expires_seconds):
+        """The file's file:// URI: a local file needs no signature and never expires."""
+        return pathlib.Path(self._path(key)).as_uri()
 
     def head(self, key):
         try:

@@ -23,7 +23,7 @@ import oss2
 from oss2.utils import Crc64
 from tenacity import Retrying
 
-from ..errors import L2CError, StorageFailed
+from ..errors import ConfigInvalid, L2CError, StorageFailed
 from ..retry import TRANSPORT_ERRORS, describe, oss_policy, read_policy
 from . import Deleted, ObjectLocked, Reading, StoredObject, check_range
 
@@ -34,6 +34,12 @@ MIN_PART_SIZE = 8 * MIB
 MAX_PARTS = 10_000
 MAX_PART_SIZE = 5 * 1024 * MIB
 PART_HEADROOM = 9_000  # plan for fewer parts than the limit: the size is only an estimate
+
+# How long a signed URL may last. V1 URLs have no documented ceiling (Expires is any epoch
+# time), V4 ones at most 604,800 s (OSS EC 0002-00000232); a page link lives a week at most
+# either way, and less than a minute is too short to open it.
+URL_MIN_SECONDS = 60
+URL_MAX_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,19 @@ class OSSSettings:
     concurrency: int = 2
     min_part_size: int = MIN_PART_SIZE
     connect_timeout: float = 30
+    # A custom domain bound to the bucket (OSS_STATUS_DOMAIN, e.g. https://status.example.com):
+    # signed URLs name it, since on OSS's own domain a web page is downloaded, not shown.
+    status_domain: str = ""
 
     def __repr__(self):  # the secret and the token never reach a log line
         return (f"OSSSettings(endpoint={self.endpoint!r}, access_key_id={self.access_key_id!r}, "
                 f"region={self.region!r}, sse={self.server_side_encryption!r})")
+
+    def url_auth(self):
+        """V1 signing for URLs: OSS accepts it in every region, and it needs no region."""
+        if self.security_token:
+            return oss2.StsAuth(self.access_key_id, self.access_key_secret, self.security_token)
+        return oss2.Auth(self.access_key_id, self.access_key_secret)
 
     def auth(self):
         if self.security_token:
@@ -151,10 +166,16 @@ class OSSStorage:
                 _raise_if_exists(exc, key)
                 raise
 
-    def put_bytes(self, key, data, overwrite=True):
-        headers = self._sse_headers()
+    def put_bytes(self, key, data, overwrite=True, content_type=None, content_disposition=None):
+        # Private whatever the bucket's ACL: an object here is read with credentials or
+        # a signed URL, never because an ACL made it public.
+        headers = {**self._sse_headers(), "x-oss-object-acl": "private"}
         if not overwrite:
             headers["x-oss-forbid-overwrite"] = "true"
+        if content_type:
+            headers["Content-Type"] = content_type
+        if content_disposition:
+            headers["Content-Disposition"] = content_disposition
         with self._failures("write", key):
             try:
                 result = self._call(self.bucket.put_object, key, data, headers=headers)
@@ -162,6 +183,21 @@ class OSSStorage:
                 _raise_if_exists(exc, key)
                 raise
         return StoredObject(key, len(data), result.etag, str(result.crc or ""), result.versionid or "")
+
+    def signed_url(self, key, expires_seconds):
+        """A V1 query-signed GET URL of `key`, valid for `expires_seconds` (60 s to 7 days,
+        else ConfigInvalid), on the status domain when one is set. Signed here, no request
+        is sent: the object need not exist yet. With STS credentials the URL carries the
+        security token and stops working when the token expires, whichever comes first."""
+        if not URL_MIN_SECONDS <= expires_seconds <= URL_MAX_SECONDS:
+            raise ConfigInvalid(
+                f"a signed URL valid for {expires_seconds} seconds: it must last "
+                f"{URL_MIN_SECONDS} seconds to 7 days ({URL_MAX_SECONDS} seconds)",
+                "ask for a time in that range, e.g. 86400 for a day")
+        domain = self.settings.status_domain
+        signer = oss2.Bucket(self.settings.url_auth(), domain or self.settings.endpoint,
+                             self.bucket_name, is_cname=bool(domain))
+        return signer.sign_url("GET", key, int(expires_seconds), slash_safe=True)
 
     def head(self, key):
         with self._failures("check", key):
