@@ -52,9 +52,9 @@ class Storage(Protocol):
                   content_type: Optional[str] = None,
                   content_disposition: Optional[str] = None) -> StoredObject:
         """Small objects (manifests, records, the status page), same all-or-nothing rule.
-        OSS: the object is private (`x-oss-object-acl: private`, whatever the bucket's
-        ACL) and keeps `content_type` / `content_disposition` as the headers GET sends
-        back; a directory takes and ignores them."""
+        OSS: the object has no ACL of its own (it is as private as the bucket, which
+        setup-oss makes private) and keeps `content_type` / `content_disposition` as the
+        headers GET sends back; a directory takes and ignores them."""
 
     def signed_url(self, key: str, expires_seconds: int) -> str:
         """A URL that opens `key` in a browser without credentials. OSS: a V1 query-signed

@@ -167,9 +167,10 @@ class OSSStorage:
                 raise
 
     def put_bytes(self, key, data, overwrite=True, content_type=None, content_disposition=None):
-        # Private whatever the bucket's ACL: an object here is read with credentials or
-        # a signed URL, never because an ACL made it public.
-        headers = {**self._sse_headers(), "x-oss-object-acl": "private"}
+        # No x-oss-object-acl: the object inherits the bucket's ACL, which setup-oss makes
+        # private, and setting an object's ACL is oss:PutObjectAcl, which the role must
+        # not hold (it could make a backup public). A signed URL is the way in.
+        headers = self._sse_headers()
         if not overwrite:
             headers["x-oss-forbid-overwrite"] = "true"
         if content_type:
