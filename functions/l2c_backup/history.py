@@ -7,6 +7,9 @@ JSON record beside the backups, under the prefix, in keys no backup operation ma
 
     <prefix>history/backup/<kind>/<UTC yyyymmddThhmmssZ>-<8 hex>.json   a failed attempt
     <prefix>history/drill/<kind>/<UTC yyyymmddThhmmssZ>-<8 hex>.json    every drill run
+    <prefix>history/pruned/<kind>/<UTC yyyymmddThhmmssZ>-<8 hex>.json   a backup retention
+        deleted: its size, time, duration and verdict, so the page's 90 days outlive
+        KEEP_DAILY's 30
 
 What it guarantees: writing a record never raises and never changes the error or report
 it records; it waits at most WRITE_WAIT_SECONDS (an OSS that is failing retries for a
@@ -35,7 +38,7 @@ KEEP_DAYS = 100  # the page shows 90 days
 WRITE_WAIT_SECONDS = 20
 DATABASE, ENDPOINT = "[database]", "[endpoint]"
 _STAMP = "%Y%m%dT%H%M%SZ"
-_RECORD = re.compile(r"(?P<folder>backup|drill)/[^/]+/(?P<stamp>\d{8}T\d{6}Z)-[0-9a-f]{8}\.json")
+_RECORD = re.compile(r"(?P<folder>backup|drill|pruned)/[^/]+/(?P<stamp>\d{8}T\d{6}Z)-[0-9a-f]{8}\.json")
 # Whatever a caller did not think to scrub: connection URLs and IPv4 addresses.
 _URL_END = r"[^\s'\"),;]+"
 _URLS = ((re.compile(r"postgres(?:ql)?://" + _URL_END), DATABASE),
@@ -133,24 +136,60 @@ def record_drill(storage, report, scrub=()):
     _write(storage, "drill", record)
 
 
+def describe_backup(storage, key):
+    """What record_pruned keeps of a backup about to be deleted: its size, verdict, finish
+    time and duration (from its manifest). Never raises: what cannot be read is None."""
+    from .prune import parse
+    found = {"key": key, "bytes": None, "verdict": "", "finished_at": None, "seconds": None}
+    b = parse(storage.prefix, key)
+    found.update(kind=b.kind if b else "", database=b.group if b else "")
+    for read in (_head_size, _verdict, _manifest_times):
+        try:
+            found.update(read(storage, key))
+        except Exception as exc:  # a page with less detail, never a prune that fails
+            log.debug("could not read %s for its history: %s", key, _reason(exc))
+    return found
+
+
+def _head_size(storage, key):
+    obj = storage.head(key)
+    return {"bytes": obj.size} if obj else {}
+
+
+def _verdict(storage, key):
+    return {"verdict": storage.get_tags(key).get("verify", "")}
+
+
+def _manifest_times(storage, key):
+    with storage.open(names.manifest_key(key)) as reading:
+        doc = json.loads(b"".join(reading))
+    return {"finished_at": doc.get("finished_at"), "seconds": doc.get("duration_seconds")}
+
+
+def record_pruned(storage, described):
+    """Records a backup retention deleted (describe_backup's dict). Never raises."""
+    _write(storage, "pruned", lambda: dict(described, event="pruned", kind=described["kind"] or "-"))
+
+
 def recent(storage, since_ts):
-    """{"backup_failures": [...], "drills": [...]}: the records made at or after
+    """{"backup_failures": [...], "drills": [...], "pruned": [...]}: the records made at or after
     `since_ts` (epoch seconds or a datetime), each list oldest first. A record that cannot
     be read or is not one is skipped with a warning; a storage that cannot be listed
     raises (StorageFailed), as every survey of it does."""
     since = since_ts if isinstance(since_ts, datetime) else datetime.fromtimestamp(since_ts, timezone.utc)
-    found = {"backup": [], "drill": []}
+    found = {"backup": [], "drill": [], "pruned": []}
     for key, folder, when in _records(storage):
         if when < since:
             continue
         record = _read(storage, key)
-        expected = "backup-failed" if folder == "backup" else "drill"
+        expected = {"backup": "backup-failed"}.get(folder, folder)
         if record is None or record.get("event") != expected or not isinstance(record.get("at"), str):
             log.warning("history record %s is unreadable or not a %s record; left out", key, expected)
             continue
         found[folder].append((when, key, record))
     return {"backup_failures": [r for *_, r in sorted(found["backup"])],
-            "drills": [r for *_, r in sorted(found["drill"])]}
+            "drills": [r for *_, r in sorted(found["drill"])],
+            "pruned": [r for *_, r in sorted(found["pruned"])]}
 
 
 def clean(storage, now=None):

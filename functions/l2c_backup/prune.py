@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Optional
 
-from . import alerts, claims, leftovers, names
+from . import alerts, claims, history, leftovers, names
 from .storage import ObjectLocked
 from .verify import VERIFY_SUFFIX
 
@@ -320,12 +320,15 @@ def apply(storage, decisions, claims=None, now=None):
             d.outcome = f"left: {changed}"
             log.info("%s not deleted: %s", d.key, changed)
             continue
+        gone = history.describe_backup(storage, d.key) if d.what == "backup" else None
         try:
             deleted = storage.delete(d.key)
         except ObjectLocked:
             d.outcome = WORM_SKIPPED
             log.info("%s not deleted: under WORM retention", d.key)
             continue
+        if gone:  # the status page's timeline keeps it (history.py)
+            history.record_pruned(storage, gone)
         d.outcome = ("deleted; a delete marker is left and the old version stays until the "
                      "bucket's lifecycle rule expires it") if deleted.delete_marker else "deleted"
         for sidecar in d.sidecars:
