@@ -8,18 +8,34 @@ reports. Backups it cannot read (wrong credentials, a dead endpoint) are alerted
 urgently too: then nobody can tell whether a backup exists. It also checks that the
 alert channels and the DR endpoint can be reached (l2c_backup.egress): a service
 without a route out warns in its log and through whichever channels still get through,
-and reports it in its summary.
+and reports it in its summary. Each hour it writes the status page (status_page.py) to
+`<prefix>status/index.html`, a private object (`l2c-backup status --url` signs a link).
 """
 import json
 import logging
 
-from l2c_backup import config, egress, logs
+from l2c_backup import config, egress, logs, status_page
 from l2c_backup.errors import ConfigInvalid, L2CError, NotCompliant, StorageFailed
 from l2c_backup.fc import already_alerted, credentials_from, report_failure
-from l2c_backup.status import watchdog
+from l2c_backup.status import full_report, locations, survey, watchdog
 from l2c_backup.storage import open_storage
 
 log = logging.getLogger("l2c_backup.handler.watchdog")
+
+
+def publish_page(storage, storage_oss, backups, credentials):
+    """The status page (status_page.py) to `<prefix>status/index.html`: its key, or what
+    kept it from being written. A page that cannot be written is a warning, never the
+    watchdog's failure: the RPO check and its alerts matter more."""
+    environ = config.environment()
+    try:
+        report = full_report(environ, storage, locations(environ, credentials=credentials,
+                                                         primary_backups=backups))
+        return {"key": status_page.publish(storage, report, status_page.private_scrub(environ, storage_oss))}
+    except (L2CError, OSError) as err:
+        reason = str(err.args[0] if isinstance(err, L2CError) else err)
+        log.warning("watchdog: the status page was not written: %s", reason)
+        return {"error": reason}
 
 
 def handler(event, context):
@@ -36,17 +52,20 @@ def handler(event, context):
             grace = config.grace_seconds(config.environment())
             try:
                 configured = config.environment().get("BACKUP_DATABASES", "").split(",")
-                problems = watchdog(open_storage(target, oss), kinds, grace=grace,
-                                    configured=configured)
+                storage = open_storage(target, oss)
+                backups = survey(storage)
+                problems = watchdog(storage, kinds, grace=grace, configured=configured,
+                                    backups=backups)
             except StorageFailed as err:
                 # Elsewhere a warning; here it means nobody can tell whether backups exist.
                 err.severity = "urgent"
                 raise
+            page = publish_page(storage, oss, backups, credentials_from(context))
         except L2CError as err:
             report_failure(log, "watchdog", err)
             raise
         if problems:
             raise already_alerted(NotCompliant("; ".join(p for _, p in problems), "see the urgent alert"))
-    return json.dumps({"ok": True, "kinds": kinds,
+    return json.dumps({"ok": True, "kinds": kinds, "page": page,
                        "egress": {"checked": [r.setting for r in routes],
                                   "unreachable": [r.summary() for r in routes if not r.reachable]}})

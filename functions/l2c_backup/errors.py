@@ -114,6 +114,13 @@ class BackupNotFound(L2CError):
     severity = "warning"
 
 
+class PageNotFound(L2CError):
+    """The status page (`<prefix>status/index.html`) was not written yet: the hourly
+    watchdog writes it."""
+    exit_code = 24
+    severity = "warning"
+
+
 class ArchiveNotReadable(L2CError):
     """A backup (or its manifest) is in OSS's Archive / Cold Archive storage class and
     cannot be read until OSS restores it: the restore was requested; the message says how

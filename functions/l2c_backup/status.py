@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import alerts, archive, fc_cost, manifest, names
+from . import alerts, archive, config, fc_cost, manifest, names
 from .errors import L2CError
 from .prune import parse, sidecar_owner
 
@@ -30,6 +30,7 @@ DEFAULT_GRACE_SECONDS = 2 * HOUR  # a 02:00 backup may take a while; alert past 
 PRICES = {"standard": 0.12, "ia": 0.04, "archive": 0.033, "crr_traffic": 0.5}
 IA_AFTER_DAYS, ARCHIVE_AFTER_DAYS = 30, 90  # PLAN §4.3 lifecycle rule
 GB = 1024 ** 3
+TIMELINE_DAYS = 90  # the status page's history
 HEADER_READ = 65536  # an age header without its length in the manifest: ~100 bytes a recipient
 
 
@@ -49,6 +50,7 @@ class BackupInfo:
     opened_by: tuple | None = None  # of the identities given to survey, those whose public key
     # the header takes (None: not looked at)
     header_error: str = ""  # why the header could not be read or taken as age
+    pruned: bool = False  # deleted by retention: known from its history record only
 
 
 @dataclass
@@ -211,12 +213,13 @@ def newest_runs(storage, kinds):
 
 
 def watchdog(storage, kinds=("daily", "weekly"), now=None, grace=DEFAULT_GRACE_SECONDS,
-             configured=None):
+             configured=None, backups=None):
     """One urgent alert per database and kind that missed its RPO (and per database a
-    run started that never reported); returns the problems as (kind, problem)."""
+    run started that never reported); returns the problems as (kind, problem).
+    `backups`: the survey of `storage` when the caller made it already."""
     now = now if now is not None else datetime.now(timezone.utc).timestamp()
-    findings = rpo_findings(survey(storage), kinds, now, grace, configured,
-                            newest_runs(storage, kinds))
+    findings = rpo_findings(survey(storage) if backups is None else backups, kinds, now, grace,
+                            configured, newest_runs(storage, kinds))
     for f in findings:
         log.error("watchdog: %s", f["problem"])
         alerts.send(alerts.Alert("urgent", "backup missing", f["problem"],
@@ -225,6 +228,54 @@ def watchdog(storage, kinds=("daily", "weekly"), now=None, grace=DEFAULT_GRACE_S
     if not findings:
         log.info("watchdog: every database has a verified backup of every kind within its RPO")
     return [(f["kind"], f["problem"]) for f in findings]
+
+
+def locations(environ, source=None, mirror=None, identities=(), credentials=None,
+              primary_backups=None):
+    """[Location]: the primary (`source`, else the configured target), the DR bucket
+    (OSS_DR_BUCKET) and the local `mirror` directory, each surveyed (the primary's
+    `primary_backups` when already surveyed). An unreadable copy is a finding (its
+    `error`), an unreadable primary an error: there is nothing to report on."""
+    from .storage import open_storage
+    target, oss = config.storage_target(environ, source, credentials, flag="--from")
+    found = [("primary", target, oss, False)]
+    if environ.get("OSS_DR_BUCKET"):
+        dr_env = dict(environ, OSS_ENDPOINT=environ.get("OSS_DR_ENDPOINT") or environ.get("OSS_ENDPOINT", ""))
+        prefix = environ.get("OSS_BACKUP_PREFIX", "db-backups/")
+        found.append(("dr", *config.storage_target(dr_env, f"oss://{environ['OSS_DR_BUCKET']}/{prefix}",
+                                                   credentials), True))  # another region: off-site
+    if mirror:
+        found.append(("mirror", mirror, None, False))
+    result = []
+    for name, url, settings, offsite in found:
+        loc = Location(name, url, "OSS" if url.startswith("oss://") else "local disk", offsite)
+        try:
+            if name == "primary" and primary_backups is not None:
+                loc.backups = primary_backups
+            else:  # the headers are read on the primary only: the copies hold the same objects
+                loc.backups = survey(open_storage(url, settings), identities if name == "primary" else ())
+        except (L2CError, OSError) as exc:
+            if name == "primary":
+                raise  # nothing to report on: say why (StorageFailed names endpoint and bucket)
+            # an unreachable copy is a finding, not a crash
+            loc.error = str(exc.args[0]) if isinstance(exc, L2CError) else f"{type(exc).__name__}: {exc}"
+        result.append(loc)
+    return result
+
+
+def full_report(environ, storage, locs, now=None, identities=None):
+    """report() with the settings of `environ` (prices, grace, keep counts, databases,
+    RTO), the runs and the history of the primary `storage`: what `status` prints and
+    the status page draws."""
+    from .history import recent
+    now = now if now is not None else datetime.now(timezone.utc).timestamp()
+    configured = [d for d in environ.get("BACKUP_DATABASES", "").split(",") if d]
+    return report(locs, names.KINDS, config.keep_counts(environ, locs[0].url), now,
+                  grace=config.grace_seconds(environ), prices=config.prices(environ),
+                  fc_prices=fc_cost.prices(environ), configured=configured,
+                  runs=newest_runs(storage, names.KINDS), identities=identities,
+                  history=recent(storage, now - TIMELINE_DAYS * 86400),
+                  rto_seconds=config.setting(environ, "RTO_SECONDS", 0, int) or None)
 
 
 def storage_class(age_days):
@@ -247,12 +298,70 @@ def monthly_cost(backups, now, prices=PRICES, replicated=False):
     return {k: round(v, 4) for k, v in cost.items()}
 
 
+def pruned_backups(records, present):
+    """BackupInfo of the history's pruned records (history.record_pruned) whose key is not
+    in `present` (a backup made again under its name is the one shown)."""
+    found = []
+    for r in records:
+        try:
+            finished = datetime.fromisoformat(r["finished_at"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            continue  # its manifest was unreadable: no time to draw it at
+        if r.get("key") not in present:
+            found.append(BackupInfo(r["key"], r.get("kind", ""), r.get("database", ""), "",
+                                    r.get("bytes") or 0, r.get("verdict") or "", finished,
+                                    duration=r.get("seconds"), pruned=True))
+    return found
+
+
+def timelines(backups, kinds, now, grace=DEFAULT_GRACE_SECONDS, days=TIMELINE_DAYS):
+    """Per kind and database folder, the backups of the last `days` days oldest first, and
+    the gaps: stretches longer than the RPO + grace without a verified backup, the one
+    still open at `now` included (the watchdog's rule, drawn). A backup that ends a gap
+    came late. Globals backups are left out (they ride along with the databases')."""
+    since = now - days * 86400
+    found = []
+    for kind in kinds:
+        groups = sorted({b.group for b in backups if b.kind == kind and b.group != "globals"})
+        for group in groups:
+            mine = sorted((b for b in backups if b.kind == kind and b.group == group),
+                          key=lambda b: (b.finished_at, b.stamp))
+            limit = RPO_SECONDS[kind] and RPO_SECONDS[kind] + grace
+            gaps, late, previous = [], set(), None
+            for b in [b for b in mine if b.verdict == "ok"] + [None]:
+                at = b.finished_at if b else now
+                if limit and previous is not None and at - previous > limit:
+                    gaps.append({"from": max(previous, since), "to": at, "open": b is None})
+                    if b:
+                        late.add(b.key)
+                previous = at if b else previous
+            found.append({
+                "kind": kind, "database": group, "rpo_hours": RPO_SECONDS[kind] and RPO_SECONDS[kind] / HOUR,
+                "backups": [{"key": b.key, "stamp": b.stamp, "finished_at": b.finished_at,
+                             "bytes": b.size, "seconds": b.duration,
+                             "verdict": b.verdict or "unverified", "encrypted": b.encrypted,
+                             "late": b.key in late, "pruned": b.pruned}
+                            for b in mine if b.finished_at >= since],
+                "gaps": [g for g in gaps if g["to"] >= since]})
+    return found
+
+
+def last_drill(drills):
+    """The newest drill record (history.py), or None."""
+    return max(drills, key=lambda d: d.get("at", ""), default=None)
+
+
 def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices=PRICES,
-           fc_prices=fc_cost.PRICES, configured=None, runs=None, identities=None):
+           fc_prices=fc_cost.PRICES, configured=None, runs=None, identities=None, history=None,
+           rto_seconds=None):
     """The status report: per kind on the primary (and per database, with several:
     `configured` is BACKUP_DATABASES as a list, `runs` newest_runs()), 3-2-1 for the
     newest backups, and which encrypted backups each identity opens (`identities`: the
-    configured identities' public keys, None when none is configured)."""
+    configured identities' public keys, None when none is configured). With `history`
+    (history.recent: failed backup attempts and drills), the timelines of the last
+    TIMELINE_DAYS days, the failures in them and the last drill: what the status page
+    draws (status_page.py); `rto_seconds` the drill's limit (RTO_SECONDS)."""
+    from .drill import RTO_SECONDS
     now = now if now is not None else datetime.now(timezone.utc).timestamp()
     primary = locations[0]
     runs = runs or {}
@@ -268,12 +377,15 @@ def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices
             "newest_verdict": (latest.verdict or "unverified") if latest else None,
             "age_hours": round((now - latest.finished_at) / HOUR, 2) if latest else None,
             "rpo_hours": RPO_SECONDS[kind] / HOUR if RPO_SECONDS[kind] else None,
+            "late": False,
         }
         expected = expected_databases(primary.backups, kind, configured, runs.get(kind))
         if expected != [""]:
             per_kind[kind]["databases"] = _per_database(primary.backups, kind, expected,
                                                         runs.get(kind), now)
     rpo_problems = check_rpo(primary.backups, kinds, now, grace, configured, runs)
+    for kind, _ in rpo_problems:
+        per_kind[kind]["late"] = True  # over its RPO (or a database's run never reported)
     copies = []
     for kind in kinds:
         latest = newest(primary.backups, kind)
@@ -301,6 +413,18 @@ def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices
             primary.backups, now, prices,
             replicated=any(loc.name == "dr" and loc.backups for loc in locations)),
         "monthly_fc_cost_cny": fc_cost.monthly_from_backups(primary.backups, now, prices=fc_prices),
+        "generated_at": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+        "window_days": TIMELINE_DAYS,
+        "timelines": timelines(primary.backups + pruned_backups(
+            (history or {}).get("pruned", []), {b.key for b in primary.backups}), kinds, now, grace),
+        "failed_verifications": [
+            {"key": b.key, "kind": b.kind, "database": b.group, "finished_at": b.finished_at}
+            for b in primary.backups if b.verdict == "failed"
+            and now - b.finished_at <= TIMELINE_DAYS * 86400],
+        "backup_failures": (history or {}).get("backup_failures", []),
+        "drills": (history or {}).get("drills", []),
+        "last_drill": last_drill((history or {}).get("drills", [])),
+        "rto_seconds": rto_seconds or RTO_SECONDS,
     }
 
 

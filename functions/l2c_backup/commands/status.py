@@ -3,10 +3,14 @@ which encrypted backups each configured age identity opens."""
 import json
 import time
 
-from .. import config, fc_cost, names
-from ..errors import L2CError, NotCompliant
-from ..status import Location, newest_runs, report, survey
+from pathlib import Path
+
+from .. import config, fc_cost, status_page
+from ..errors import ConfigInvalid, NotCompliant, PageNotFound
+from ..status import full_report, locations
 from ..storage import open_storage
+
+URL_SECONDS = 3600  # --url's default lifetime
 
 
 def add_parser(subparsers):
@@ -23,48 +27,28 @@ def add_parser(subparsers):
     p.add_argument("--from", dest="source", metavar="TARGET", help="the primary: oss://BUCKET/PREFIX or DIR")
     p.add_argument("--mirror", metavar="DIR", help="the local mirror (default MIRROR_DIR)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--html", metavar="FILE",
+                   help="also write the report as one self-contained web page to FILE "
+                        "(what the watchdog writes hourly to <prefix>status/index.html)")
+    p.add_argument("--url", nargs="?", const=URL_SECONDS, type=int, metavar="SECONDS",
+                   help="print a signed URL to the status page the watchdog wrote, valid for "
+                        f"SECONDS (default {URL_SECONDS}); nothing else is done")
     p.set_defaults(run=run)
-
-
-def locations(environ, source, mirror, identities=()):
-    target, oss = config.storage_target(environ, source, flag="--from")
-    found = [("primary", target, oss, False)]
-    if environ.get("OSS_DR_BUCKET"):
-        dr_env = dict(environ, OSS_ENDPOINT=environ.get("OSS_DR_ENDPOINT") or environ.get("OSS_ENDPOINT", ""))
-        prefix = environ.get("OSS_BACKUP_PREFIX", "db-backups/")
-        dr_target, dr_oss = config.storage_target(dr_env, f"oss://{environ['OSS_DR_BUCKET']}/{prefix}")
-        found.append(("dr", dr_target, dr_oss, True))  # another region: the off-site copy
-    if mirror:
-        found.append(("mirror", mirror, None, False))
-    result = []
-    for name, url, settings, offsite in found:
-        loc = Location(name, url, "OSS" if url.startswith("oss://") else "local disk", offsite)
-        try:
-            # the headers are read on the primary only: the copies hold the same objects
-            loc.backups = survey(open_storage(url, settings), identities if name == "primary" else ())
-        except (L2CError, OSError) as exc:
-            if name == "primary":
-                raise  # nothing to report on: say why (StorageFailed names endpoint and bucket)
-            # an unreachable copy is a finding, not a crash
-            loc.error = str(exc.args[0]) if isinstance(exc, L2CError) else f"{type(exc).__name__}: {exc}"
-        result.append(loc)
-    return result
 
 
 def run(args):
     environ = config.environment()  # an empty variable is an unset one (README)
-    prices, grace = config.prices(environ), config.grace_seconds(environ)  # before any OSS call
-    fc_prices = fc_cost.prices(environ)
+    config.prices(environ), config.grace_seconds(environ), fc_cost.prices(environ)  # checked before any OSS call
     source = args.source or None
+    if args.url is not None:
+        return print_url(environ, source, args.url)
     identities = config.load_identities(environ)  # a bad key file stops here, named
     locs = locations(environ, source, args.mirror or environ.get("MIRROR_DIR"), identities)
-    keep = config.keep_counts(environ, locs[0].url)
-    configured = [d for d in environ.get("BACKUP_DATABASES", "").split(",") if d]
     target, oss = config.storage_target(environ, source, flag="--from")
-    result = report(locs, names.KINDS, keep, time.time(), grace=grace, prices=prices,
-                    fc_prices=fc_prices, configured=configured,
-                    runs=newest_runs(open_storage(target, oss), names.KINDS),
-                    identities=[i.recipient for i in identities] if identities else None)
+    result = full_report(environ, open_storage(target, oss), locs, time.time(),
+                         identities=[i.recipient for i in identities] if identities else None)
+    if args.html:
+        write_page(args.html, result, status_page.private_scrub(environ, oss))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -75,6 +59,36 @@ def run(args):
             for loc in result["locations"] if loc["error"]]
         raise NotCompliant("backups are not 3-2-1 compliant" + (": " + "; ".join(problems) if problems else ""),
                            "see the report above: missing copies, media or an off-site copy")
+    return 0
+
+
+def write_page(path, result, scrub):
+    """The page to `path`, whole or not at all (a temporary file renamed over it)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ConfigInvalid(f"--html {path}: the folder {path.parent} does not exist",
+                            "create it, or give a path in a folder that exists")
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(status_page.render(result, scrub), encoding="utf-8")
+        partial.replace(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise ConfigInvalid(f"--html {path}: cannot write it: {exc.strerror or exc}",
+                            "give a writable path with free space") from None
+
+
+def print_url(environ, source, seconds):
+    """A signed URL of the page the watchdog wrote (`status --url`)."""
+    target, oss = config.storage_target(environ, source, flag="--from")
+    storage = open_storage(target, oss)
+    key = status_page.page_key(storage.prefix)
+    page = storage.head(key)
+    if page is None:
+        raise PageNotFound(f"no status page at {target}{status_page.PAGE} yet",
+                           "the hourly watchdog writes it; or run `l2c-backup status --html FILE` "
+                           "to make one here")
+    print(storage.signed_url(key, seconds))
     return 0
 
 
