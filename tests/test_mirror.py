@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 
-from l2c_backup import config, mirror as mirror_mod, retry
+from l2c_backup import config, mirror as mirror_mod, retry, status
 from l2c_backup.backup import run_backup
 from l2c_backup.commands import mirror as mirror_command
 from l2c_backup.errors import BackupCorrupt, ConfigInvalid, StorageFailed, UploadFailed
@@ -456,3 +456,26 @@ def test_the_command_prints_a_json_summary(source, oss_server, monkeypatch, caps
 
     with pytest.raises(ConfigInvalid):
         mirror_command.run(command_args(argv[:4] + ["--keep", "0"]))
+
+
+def test_a_mirror_run_tells_the_bucket_what_it_holds_for_the_status_page(source, real_backups,
+                                                                          tmp_path):
+    mirror(source, str(tmp_path / "mirror"), keep=1)
+    at, keys = mirror_mod.held(source)
+    newest = [backup_keys(real_backups, kind, what)[-1]
+              for kind, what in (("manual", "backup"), ("manual", "globals"), ("daily", "backup"))]
+    assert keys == sorted(newest)
+    seen = status.reported_mirror(source)  # what the watchdog's page counts as the local copy
+    assert (seen.medium, seen.error) == ("local disk", "") and at in seen.url
+    assert sorted(b.key for b in seen.backups) == keys
+    later = datetime.fromisoformat(at).timestamp() + 49 * 3600
+    assert "49 h old" in status.reported_mirror(source, now=later).error
+
+
+def test_a_source_that_refuses_the_mirror_report_still_gets_mirrored(source, oss_server, tmp_path,
+                                                                      caplog):
+    oss_server.inject(Fault(method="PUT", key_prefix=f"{PREFIX}status/", status=403, times=None))
+    report = mirror(source, str(tmp_path / "mirror"), keep=1)
+    assert not report.failed and report.summary()["copied"] == 3
+    assert "the status page will not count this copy" in caplog.text
+    assert mirror_mod.held(source) is None

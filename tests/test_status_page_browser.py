@@ -6,11 +6,13 @@ and a laptop's width. Screenshots of both go to test-output/.
 The history is the one status_history.seed puts (90 days: a gap, a failed verification,
 a late daily kind) plus what real runs leave: a backup that failed because its database
 host does not resolve (the real `l2c-backup backup`), a prune that removed what retention
-no longer keeps, and a drill's record. The DR bucket misses the newest daily backup.
+no longer keeps, a drill's record, and a mirror host's report of what it holds. The DR bucket misses the
+newest daily backup.
 """
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,8 +25,10 @@ from dom import parse
 from fc_handlers import fc_context, load_handler
 from l2c_backup import config, history, names
 from l2c_backup.errors import NotCompliant
+from l2c_backup.mirror import report_held
 from l2c_backup.prune import prune
 from l2c_backup.storage import open_storage
+from l2c_backup.storage.directory import DirectoryStorage
 from l2c_local import resolve
 from l2c_local.oss import LocalOSS
 
@@ -90,6 +94,12 @@ def make_history(env, oss_server):
         if not obj.key.startswith(seeded["newest"]["daily"]) and not obj.key.startswith(
                 (primary.prefix + "history/", primary.prefix + "status/")):
             dr.put_bytes(obj.key, b"".join(primary.open(obj.key)))
+    with tempfile.TemporaryDirectory() as disk:  # a mirror host holding the newest two
+        copy = DirectoryStorage(disk, prefix=primary.prefix)
+        for key in seeded["newest"].values():
+            for name in (key, names.manifest_key(key)):
+                copy.put_bytes(name, b"".join(primary.open(name)))
+        report_held(primary, copy)
     with pytest.raises(NotCompliant, match="daily"):  # the late daily kind: alerted, page written
         watchdog_fn.handler(b"{}", fc_context(name="watchdog"))
     return {"env": env, "oss": oss_server, "primary": primary, "seeded": seeded,
@@ -145,6 +155,7 @@ def test_the_missing_dr_copy_of_the_newest_daily_is_marked(site):
     assert "short" in daily.classes
     assert "no" in daily.find("li", data_location="dr").classes
     assert "yes" in daily.find("li", data_location="primary").classes
+    assert "yes" in daily.find("li", data_location="mirror").classes  # as the mirror reported
     weekly = page.find("article", ["copy"], data_kind="weekly")
     assert "yes" in weekly.find("li", data_location="dr").classes
 

@@ -48,6 +48,7 @@ except ImportError:  # Windows: no advisory locks; one run at a time is then up 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
+HELD = "status/mirror.json"  # beside the status page: what the last mirror run holds
 SOURCE_SUFFIX = ".source.json"  # beside a partial: which source object its bytes belong to
 LOCK_NAME = ".l2c-mirror.lock"
 
@@ -165,8 +166,9 @@ def mirror(source, dest_root, keep, kinds=None, chunk_size=CHUNK_SIZE, wait_arch
                 report.items.append(_mirror_one(source, dest, obj, chunk_size, identities))
         report.partials_removed = _remove_stale_partials(dest, kinds, {o.key for o in chosen})
         if not report.failed:
-            decisions = prune.prune(dest, kinds, keep)
+            decisions = prune.prune(dest, kinds, keep, remember=False)
             report.pruned = [d.key for d in decisions if d.outcome == "deleted"]
+        report_held(source, dest)
     report.seconds = time.monotonic() - started
     log.info("mirrored %s -> %s: %s", report.source, report.target,
              {k: v for k, v in report.summary().items()
@@ -185,6 +187,35 @@ def mirror(source, dest_root, keep, kinds=None, chunk_size=CHUNK_SIZE, wait_arch
         err.report = report
         raise err
     return report
+
+
+def report_held(source, dest):
+    """Tells `source` which backups the mirror now holds (HELD, under its prefix): the
+    watchdog's status page counts this local copy, which it cannot see, from it. Best
+    effort: a key that may only read gets a warning, never a failed mirror."""
+    listed = {o.key for o in dest.list(dest.prefix)}
+    keys = sorted(k for k in listed if prune.parse(dest.prefix, k) is not None
+                  and names.manifest_key(k) in listed)
+    record = {"at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()), "keys": keys}
+    try:
+        source.put_bytes(f"{source.prefix}{HELD}", json.dumps(record).encode(),
+                         content_type="application/json")
+    except Exception as exc:
+        log.warning("could not tell %s what the mirror holds (%s): the status page will not "
+                    "count this copy", source.url, describe(exc))
+
+
+def held(storage):
+    """(when, [keys]) of the last report_held into `storage`, or None when there is none."""
+    try:
+        with storage.open(f"{storage.prefix}{HELD}") as reading:
+            record = json.loads(b"".join(reading))
+        return record["at"], [str(k) for k in record["keys"]]
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("%s%s is not a mirror report (%s); ignored", storage.prefix, HELD, exc)
+        return None
 
 
 def _mirror_one(source, dest, obj, chunk_size, identities=()):

@@ -306,9 +306,10 @@ def _verdict(storage, key):
         return ""
 
 
-def apply(storage, decisions, claims=None, now=None):
+def apply(storage, decisions, claims=None, now=None, remember=True):
     """Deletes what the plan says; an owner first, its sidecars only once it is gone. What
-    WORM retention protects is skipped and reported, and the rest is applied."""
+    WORM retention protects is skipped and reported, and the rest is applied. With
+    `remember`, each backup deleted is kept in the history (history.record_pruned)."""
     claims = claims or {}
     now = time.time() if now is None else now
     for d in decisions:
@@ -320,7 +321,7 @@ def apply(storage, decisions, claims=None, now=None):
             d.outcome = f"left: {changed}"
             log.info("%s not deleted: %s", d.key, changed)
             continue
-        gone = history.describe_backup(storage, d.key) if d.what == "backup" else None
+        gone = history.describe_backup(storage, d.key) if remember and d.what == "backup" else None
         try:
             deleted = storage.delete(d.key)
         except ObjectLocked:
@@ -366,16 +367,17 @@ def _changed_since_listed(storage, d, claims, now):
 
 
 def prune(storage, kinds, keep, dry_run=False, now=None,
-          incomplete_after=INCOMPLETE_AFTER_SECONDS):
+          incomplete_after=INCOMPLETE_AFTER_SECONDS, remember=True):
     """Lists these kinds, plans (see the module docstring) and, unless dry_run, applies the
     plan. `now` (epoch seconds) and `incomplete_after` set when an object without manifest
-    or a claim whose backup is gone counts as left by a dead run."""
+    or a claim whose backup is gone counts as left by a dead run. `remember`: keep what
+    is deleted in the history the status page draws (not for a mirror's copies)."""
     found = inventory(storage, kinds)
     now = time.time() if now is None else now
     decisions = plan(found.backups, keep, found.sidecars, storage.prefix, found.incomplete,
                      found.claims, now, incomplete_after)
     if not dry_run:
-        apply(storage, decisions, found.claims, now)
+        apply(storage, decisions, found.claims, now, remember)
     return decisions
 
 

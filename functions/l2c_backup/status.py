@@ -31,6 +31,7 @@ PRICES = {"standard": 0.12, "ia": 0.04, "archive": 0.033, "crr_traffic": 0.5}
 IA_AFTER_DAYS, ARCHIVE_AFTER_DAYS = 30, 90  # PLAN §4.3 lifecycle rule
 GB = 1024 ** 3
 TIMELINE_DAYS = 90  # the status page's history
+MIRROR_STALE_SECONDS = 48 * HOUR  # the mirror runs daily (README's cron): two missed runs
 HEADER_READ = 65536  # an age header without its length in the manifest: ~100 bytes a recipient
 
 
@@ -231,11 +232,12 @@ def watchdog(storage, kinds=("daily", "weekly"), now=None, grace=DEFAULT_GRACE_S
 
 
 def locations(environ, source=None, mirror=None, identities=(), credentials=None,
-              primary_backups=None):
+              primary_backups=None, now=None):
     """[Location]: the primary (`source`, else the configured target), the DR bucket
     (OSS_DR_BUCKET) and the local `mirror` directory, each surveyed (the primary's
-    `primary_backups` when already surveyed). An unreadable copy is a finding (its
-    `error`), an unreadable primary an error: there is nothing to report on."""
+    `primary_backups` when already surveyed); without `mirror`, the mirror as it last
+    reported itself into the primary, if it ever did. An unreadable copy is a finding
+    (its `error`), an unreadable primary an error: there is nothing to report on."""
     from .storage import open_storage
     target, oss = config.storage_target(environ, source, credentials, flag="--from")
     found = [("primary", target, oss, False)]
@@ -247,7 +249,12 @@ def locations(environ, source=None, mirror=None, identities=(), credentials=None
     if mirror:
         found.append(("mirror", mirror, None, False))
     result = []
+    if not mirror:  # the watchdog cannot see the mirror's disk: the mirror reports to the bucket
+        found.append(("mirror-report", target, oss, False))
     for name, url, settings, offsite in found:
+        if name == "mirror-report":
+            result += [loc for loc in [reported_mirror(open_storage(url, settings), now)] if loc]
+            continue
         loc = Location(name, url, "OSS" if url.startswith("oss://") else "local disk", offsite)
         try:
             if name == "primary" and primary_backups is not None:
@@ -261,6 +268,31 @@ def locations(environ, source=None, mirror=None, identities=(), credentials=None
             loc.error = str(exc.args[0]) if isinstance(exc, L2CError) else f"{type(exc).__name__}: {exc}"
         result.append(loc)
     return result
+
+
+def reported_mirror(storage, now=None, stale_after=MIRROR_STALE_SECONDS):
+    """The mirror as its last run reported it into `storage` (mirror.report_held), or
+    None when none ever did; a report older than `stale_after` is named in its error."""
+    from .mirror import held
+    now = now if now is not None else datetime.now(timezone.utc).timestamp()
+    try:
+        found = held(storage)
+    except (L2CError, OSError) as exc:
+        return Location("mirror", "(its report)", "local disk", False,
+                        error=f"its report cannot be read: {str(exc).splitlines()[0]}")
+    if found is None:
+        return None
+    at, keys = found
+    loc = Location("mirror", f"as `l2c-backup mirror` reported at {at}", "local disk", False)
+    for key in keys:
+        b = parse(storage.prefix, key)
+        if b is not None:
+            loc.backups.append(BackupInfo(key, b.kind, b.group, b.stamp, 0, "", 0.0))
+    age = now - datetime.fromisoformat(at).timestamp()
+    if age > stale_after:
+        loc.error = (f"its last report is {age / HOUR:.0f} h old ({at}): is the mirror's cron "
+                     "job still running?")
+    return loc
 
 
 def full_report(environ, storage, locs, now=None, identities=None):

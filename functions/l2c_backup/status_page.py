@@ -219,7 +219,7 @@ class Page:
                 for n in where)
             whole = len(c["copies"]) >= 3 and len(c["media"]) >= 2 and c["offsite"]
             cards.append(
-                f'<article class="card copy {"ok" if whole else "short"}" data-kind="{c["kind"]}">'
+                f'<article class="card copy {"whole" if whole else "short"}" data-kind="{c["kind"]}">'
                 f'<h3>{KIND_LABELS.get(c["kind"], c["kind"])} {"✔" if whole else "✘"}</h3>'
                 f'<p class="key">{self._text(c["key"])}</p><ul class="chips">{chips}</ul>'
                 f'<p class="muted">副本 copies {len(c["copies"])}/3 · 介质 media {len(c["media"])}/2 · '
