@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 
 import status_history
-from browser import render
+from browser import ink_pixels, render
 from dom import parse
 from fc_handlers import fc_context, load_handler
 from l2c_backup import config, history, names
@@ -128,6 +128,10 @@ def test_the_status_page_marks_the_late_kind_lists_the_failures_and_shows_the_co
     assert any(site["seeded"]["failed_key"] in t for t in texts), texts
     assert re.fullmatch(r"CNY \d+\.\d\d", page.by_id("cost-total").text().strip())
     assert page.by_id("restore-time").text() == "1312.5s"
+    title = seen.measures["elements"]["title-zh"]  # drawn in a Chinese font, not as boxes
+    zh_fonts = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True).stdout
+    assert title["fonts"] and all(font in zh_fonts for font in title["fonts"]), title["fonts"]
+    assert ink_pixels(seen.screenshot, title) > 100
     assert seen.measures["requests"] == []  # self-contained: nothing fetched
     assert seen.measures["scroll_width"] <= seen.measures["inner_width"]  # no sideways scroll
     assert seen.screenshot.stat().st_size > 10_000

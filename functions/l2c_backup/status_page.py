@@ -91,7 +91,7 @@ class Page:
         problems = r["rpo_problems"] + [
             f"{loc['name']}: {loc['error']}" for loc in r["locations"] if loc["error"]]
         items = "".join(f"<li>{self._text(p)}</li>" for p in problems)
-        return (f'<header data-measure="header"><h1>L2C 备份状态 <span>Backup status</span></h1>'
+        return (f'<header data-measure="header"><h1>L2C <b data-measure="title-zh">备份状态</b> <span>Backup status</span></h1>'
                 f'<p id="verdict" class="verdict {"ok" if ok else "bad"}">{verdict}</p>'
                 + (f'<ul class="problems">{items}</ul>' if items else "")
                 + f'<p class="muted">生成于 Generated <time id="generated-at" datetime="'
@@ -312,7 +312,7 @@ STYLE = """
 @media (prefers-color-scheme:dark){:root{--bg:#0f172a;--card:#1e293b;--fg:#e5e7eb;--line:#334155}}
 *{box-sizing:border-box}body{margin:0;background:var(--bg);color:var(--fg);line-height:1.45}
 main{max-width:72rem;margin:0 auto;padding:1rem}h1{font-size:1.5rem;margin:.2rem 0}
-h1 span,.muted{color:var(--muted);font-weight:normal}h2{font-size:1.05rem;margin:.2rem 0 .6rem}
+h1 span,.muted{color:var(--muted);font-weight:normal}h1 b{font-weight:inherit}h2{font-size:1.05rem;margin:.2rem 0 .6rem}
 section{margin:1.2rem 0}.grid{display:grid;gap:.8rem;grid-template-columns:repeat(auto-fit,minmax(min(100%,19rem),1fr))}
 .card{background:var(--card);border:1px solid var(--line);border-radius:.6rem;padding:.8rem 1rem}
 .kind.late{border-color:var(--late);box-shadow:0 0 0 2px var(--late) inset}
