@@ -64,10 +64,12 @@ class Location:
     error: str = ""
 
 
-def survey(storage, identities=()):
+def survey(storage, identities=(), listing_only=False):
     """Every backup under the prefix with its size, verdict and completion time; for an
     encrypted one, the recipients its manifest records and, with `identities` (age.Identity),
-    which of them its header opens."""
+    which of them its header opens. `listing_only`: which backups are there and complete,
+    from the listing alone (no manifest, verdict or header read: a copy's 3-2-1 count
+    needs no more, and it saves two requests a backup)."""
     objects = {o.key: o for o in storage.list(storage.prefix)}
     frozen = archive.needing_restore(objects.values())  # unreadable until OSS restores them
     found = []
@@ -78,6 +80,10 @@ def survey(storage, identities=()):
         if b is None:
             continue
         finished, duration, sealed = obj.last_modified, None, None
+        if names.manifest_key(key) in objects and listing_only:
+            found.append(BackupInfo(key, b.kind, b.group, b.stamp, obj.size, "", finished,
+                                    encrypted=names.is_encrypted_key(key)))
+            continue
         if names.manifest_key(key) in objects:
             try:
                 if names.manifest_key(key) not in frozen:  # else LastModified must do
@@ -259,8 +265,10 @@ def locations(environ, source=None, mirror=None, identities=(), credentials=None
         try:
             if name == "primary" and primary_backups is not None:
                 loc.backups = primary_backups
-            else:  # the headers are read on the primary only: the copies hold the same objects
-                loc.backups = survey(open_storage(url, settings), identities if name == "primary" else ())
+            elif name == "primary":
+                loc.backups = survey(open_storage(url, settings), identities)
+            else:  # a copy counts by its listing: the primary's manifests describe the same objects
+                loc.backups = survey(open_storage(url, settings), listing_only=True)
         except (L2CError, OSError) as exc:
             if name == "primary":
                 raise  # nothing to report on: say why (StorageFailed names endpoint and bucket)
