@@ -105,3 +105,18 @@ def test_a_late_kind_is_alerted_and_the_page_still_written(primary, alerts_sent)
     assert [a.details["kind"] for a in alerts_sent] == ["daily", "weekly"]
     page = parse(b"".join(storage.open("db-backups/status/index.html")).decode())
     assert "late" in page.find("article", ["kind"], data_kind="daily").classes
+
+
+def test_a_pruned_backup_stays_on_the_timeline_and_its_failed_verification_in_the_list(tmp_path):
+    from l2c_backup import history
+    from l2c_backup.prune import prune
+    storage, now = open_storage(str(tmp_path)), time.time()
+    for days_ago, verdict in ((3, "failed"), (2, "ok"), (1, "ok")):
+        status_history.put_backup(storage, f"db-backups/daily/backup_2026-11-{30 - days_ago}.sql.gz",
+                                  now - days_ago * 86400, 5_000_000, 60, verdict)
+    prune(storage, KINDS, {"daily": 1, "weekly": 1, "manual": 1}, now=now)
+    assert len(list(storage.list("db-backups/daily/"))) == 2  # the newest and its manifest
+    page = parse(status_page.render(a_report(storage, now, history.recent(storage, now - 86400))))
+    bars = page.find("figure", ["timeline"], data_kind="daily").find_all("rect", ["backup"])
+    assert len([b for b in bars if "pruned" in b.classes]) == 2
+    assert "backup_2026-11-27.sql.gz" in page.by_id("failure-list").text()

@@ -437,6 +437,9 @@ def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices
                        "copies": [loc.name for loc in found],
                        "media": sorted({loc.medium for loc in found}),
                        "offsite": any(loc.offsite for loc in found)})
+    # the backups of the window: those there, and those retention deleted (their records)
+    known = primary.backups + pruned_backups((history or {}).get("pruned", []),
+                                             {b.key for b in primary.backups})
     compliant = (not rpo_problems and bool(copies) and all(
         len(c["copies"]) >= 3 and len(c["media"]) >= 2 and c["offsite"] for c in copies))
     return {
@@ -455,12 +458,10 @@ def report(locations, kinds, keep, now=None, grace=DEFAULT_GRACE_SECONDS, prices
         "monthly_fc_cost_cny": fc_cost.monthly_from_backups(primary.backups, now, prices=fc_prices),
         "generated_at": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
         "window_days": TIMELINE_DAYS,
-        "timelines": timelines(primary.backups + pruned_backups(
-            (history or {}).get("pruned", []), {b.key for b in primary.backups}), kinds, now, grace),
+        "timelines": timelines(known, kinds, now, grace),
         "failed_verifications": [
             {"key": b.key, "kind": b.kind, "database": b.group, "finished_at": b.finished_at}
-            for b in primary.backups if b.verdict == "failed"
-            and now - b.finished_at <= TIMELINE_DAYS * 86400],
+            for b in known if b.verdict == "failed" and now - b.finished_at <= TIMELINE_DAYS * 86400],
         "backup_failures": (history or {}).get("backup_failures", []),
         "drills": (history or {}).get("drills", []),
         "last_drill": last_drill((history or {}).get("drills", [])),

@@ -79,7 +79,7 @@ class Page:
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
             "style-src 'unsafe-inline'; img-src data:\">"
-            f'<meta name="generator" content="l2c-backup">'
+            '<meta name="generator" content="l2c-backup">'
             f"<title>L2C 备份状态 · Backup status · {self._text(_local(r['generated_at']))}</title>"
             f"<style>{STYLE}</style></head><body><main>{body}</main></body></html>\n")
 
@@ -91,7 +91,8 @@ class Page:
         problems = r["rpo_problems"] + [
             f"{loc['name']}: {loc['error']}" for loc in r["locations"] if loc["error"]]
         items = "".join(f"<li>{self._text(p)}</li>" for p in problems)
-        return (f'<header data-measure="header"><h1>L2C <b data-measure="title-zh">备份状态</b> <span>Backup status</span></h1>'
+        return ('<header data-measure="header"><h1>L2C <b data-measure="title-zh">备份状态</b> '
+                '<span>Backup status</span></h1>'
                 f'<p id="verdict" class="verdict {"ok" if ok else "bad"}">{verdict}</p>'
                 + (f'<ul class="problems">{items}</ul>' if items else "")
                 + f'<p class="muted">生成于 Generated <time id="generated-at" datetime="'
@@ -115,11 +116,11 @@ class Page:
                              f'</i><b style="left:{100 / 1.5:.0f}%"></b></div>')
                 facts = (
                     f'<dl><dt>最新 Newest</dt><dd class="key">{self._text(k["newest"])}</dd>'
-                    f'<dt>时长 Age</dt><dd class="age">{k["age_hours"]:.1f} h'
+                    f'<dt>距今 Age</dt><dd class="age">{k["age_hours"]:.1f} h'
                     + (f' / RPO {rpo:.0f} h' if rpo else "") + f'</dd>'
                     f'<dt>校验 Verify</dt><dd>{_verdict(k["newest_verdict"])}</dd>'
                     f'<dt>保留 Kept</dt><dd class="kept">{k["count"]} / {k["keep"]}</dd>'
-                    f'<dt>大小 Size</dt><dd>{_size(k["bytes"])}</dd></dl>{meter}')
+                    f'<dt>总大小 Total</dt><dd>{_size(k["bytes"])}</dd></dl>{meter}')
             cards.append(f'<article class="card kind{" late" if late else ""}" data-kind="{kind}" '
                          f'data-measure="kind-{kind}">'
                          f"<h2>{KIND_LABELS.get(kind, kind)} {badge}</h2>{facts}</article>")
