@@ -13,32 +13,27 @@ and reports it in its summary. Each hour it writes the status page (status_page.
 """
 import json
 import logging
+import time
 
 from l2c_backup import config, egress, logs, status_page
 from l2c_backup.errors import ConfigInvalid, L2CError, NotCompliant, StorageFailed
 from l2c_backup.fc import already_alerted, credentials_from, report_failure
-from l2c_backup.status import full_report, locations, survey, watchdog
+from l2c_backup.status import survey, watchdog
 from l2c_backup.storage import open_storage
 
 log = logging.getLogger("l2c_backup.handler.watchdog")
+PAGE_MARGIN_SECONDS = 15  # to log, alert and return before FC's timeout
 
 
-def publish_page(storage, storage_oss, backups, credentials):
-    """The status page (status_page.py) to `<prefix>status/index.html`: its key, or what
-    kept it from being written. A page that cannot be written is a warning, never the
-    watchdog's failure: the RPO check and its alerts matter more."""
-    environ = config.environment()
-    try:
-        report = full_report(environ, storage, locations(environ, credentials=credentials,
-                                                         primary_backups=backups))
-        return {"key": status_page.publish(storage, report, status_page.private_scrub(environ, storage_oss))}
-    except (L2CError, OSError) as err:
-        reason = str(err.args[0] if isinstance(err, L2CError) else err)
-        log.warning("watchdog: the status page was not written: %s", reason)
-        return {"error": reason}
+def page_seconds(context, started):
+    """The time left for the page: the function's timeout less what has run, less a
+    margin to report; None outside FC (no timeout)."""
+    timeout = getattr(getattr(context, "function", None), "timeout", 0) or 0
+    return max(timeout - (time.monotonic() - started) - PAGE_MARGIN_SECONDS, 1) if timeout else None
 
 
 def handler(event, context):
+    started = time.monotonic()
     logs.setup(json_lines=True)
     request_id = getattr(context, "request_id", "") or ""
     with logs.bound(request_id=request_id, function="watchdog"):
@@ -60,7 +55,8 @@ def handler(event, context):
                 # Elsewhere a warning; here it means nobody can tell whether backups exist.
                 err.severity = "urgent"
                 raise
-            page = publish_page(storage, oss, backups, credentials_from(context))
+            page = status_page.refresh(config.environment(), storage, oss, backups,
+                                       credentials_from(context), page_seconds(context, started))
         except L2CError as err:
             report_failure(log, "watchdog", err)
             raise

@@ -120,3 +120,15 @@ def test_a_pruned_backup_stays_on_the_timeline_and_its_failed_verification_in_th
     bars = page.find("figure", ["timeline"], data_kind="daily").find_all("rect", ["backup"])
     assert len([b for b in bars if "pruned" in b.classes]) == 2
     assert "backup_2026-11-27.sql.gz" in page.by_id("failure-list").text()
+
+
+def test_a_page_still_being_written_at_the_functions_timeout_is_given_up(primary, oss_server,  # noqa: F811
+                                                                          alerts_sent):
+    storage, _ = primary
+    put_backup(storage, "db-backups/daily/backup_2026-11-26.sql.gz", hours_ago=2)
+    put_backup(storage, "db-backups/weekly/backup_2026-W48.sql.gz", hours_ago=30)
+    oss_server.inject(Fault(method="PUT", key_prefix="db-backups/status/", delay=8, times=None))
+    context = fc_context(name="watchdog", timeout=watchdog_fn.PAGE_MARGIN_SECONDS + 2)
+    summary = json.loads(watchdog_fn.handler(b"{}", context))
+    assert summary["ok"] and "not written within" in summary["page"]["error"]
+    assert alerts_sent == []

@@ -18,16 +18,14 @@ is a warning in the log. A record's text is one line with no secret (logs.redact
 database host, port, user or URL, and no storage endpoint (`scrub`). Records older than
 KEEP_DAYS are deleted when a new one is written.
 """
-import contextvars
 import json
 import logging
 import re
 import secrets
-import threading
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
-from . import logs, names
+from . import bounded, logs, names
 from .fc import ALERTED_MARK
 from .storage import ObjectLocked, open_storage
 
@@ -233,10 +231,9 @@ def _read(storage, key):
 
 def _write(storage, folder, make_record):
     """Writes make_record() (with "at" added) as a new record of `folder`, then the
-    clean-up, in a thread waited for at most WRITE_WAIT_SECONDS. Logs what stops it,
+    clean-up, waited for at most WRITE_WAIT_SECONDS (bounded.within). Logs what stops it,
     raises nothing; a write still running then finishes (or fails) on its own."""
-    now, state = names.now(), {"what": f"the {folder} record", "done": False, "error": None}
-    context = contextvars.copy_context()  # the run's log keys
+    now, state = names.now(), {"what": f"the {folder} record"}
 
     def write():
         record = dict(make_record(), at=now.isoformat(timespec="seconds"))
@@ -244,22 +241,13 @@ def _write(storage, folder, make_record):
         storage.put_bytes(key, json.dumps(record, sort_keys=True).encode(), overwrite=False)
         clean(storage, now)
 
-    def run():
-        try:
-            context.run(write)
-        except Exception as exc:
-            state["error"] = exc
-        state["done"] = True
-
-    thread = threading.Thread(target=run, name="l2c-history", daemon=True)
-    thread.start()
-    thread.join(WRITE_WAIT_SECONDS)
-    if not state["done"]:
+    outcome = bounded.within(write, WRITE_WAIT_SECONDS, "l2c-history")
+    if not outcome.done:
         log.warning("could not record %s within %ds; going on without it", state["what"],
                     WRITE_WAIT_SECONDS)
-    elif state["error"] is not None:
+    elif outcome.error is not None:
         log.warning("could not record %s (%s); the status page will miss it", state["what"],
-                    _reason(state["error"]))
+                    _reason(outcome.error))
 
 
 def _storage_scrub(storage):

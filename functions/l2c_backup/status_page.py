@@ -19,12 +19,15 @@ backup names. It reads on a phone (one column, charts stretched to the width) an
 laptop (cards side by side); with no backups yet every section says so plainly.
 """
 import html
+import logging
 from datetime import datetime, timedelta, timezone
 
-from . import history
+from . import bounded, history
 from .alerts import _duration, _size
 from .database import DatabaseSettings
 from .errors import L2CError
+
+log = logging.getLogger(__name__)
 
 PAGE = "status/index.html"
 CONTENT_TYPE = "text/html; charset=utf-8"
@@ -279,6 +282,29 @@ def publish(storage, report, scrub=()):
     storage.put_bytes(key, render(report, scrub).encode(), content_type=CONTENT_TYPE,
                       content_disposition=DISPOSITION)
     return key
+
+
+def refresh(environ, storage, oss, backups, credentials=None, seconds=None):
+    """The watchdog's page: the full report of `storage` (its survey `backups` already
+    made; the DR bucket and the mirror's report added) published within `seconds`.
+    Returns {"key"} or {"error": what kept it from being written}; never raises: a page
+    not written in time is a warning, never the watchdog's failure (nor an invocation FC
+    kills at its timeout, which would page the team): the RPO check matters more."""
+    from .status import full_report, locations
+
+    def work():
+        locs = locations(environ, credentials=credentials, primary_backups=backups)
+        return publish(storage, full_report(environ, storage, locs), private_scrub(environ, oss))
+
+    outcome = bounded.within(work, seconds, "l2c-status-page")
+    if outcome.done and outcome.error is None:
+        return {"key": outcome.result}
+    err = outcome.error
+    reason = (f"not written within {seconds:.0f} s (the function's timeout)" if not outcome.done
+              else str(err.args[0]) if isinstance(err, L2CError) and err.args
+              else f"{type(err).__name__}: {err}")
+    log.warning("the status page was not written: %s", reason)
+    return {"error": reason}
 
 
 def _ts(iso):
