@@ -68,6 +68,14 @@ def test_status_html_into_a_missing_folder_is_one_line_naming_it(tmp_path):
     assert done.stderr.count("\n") == 1 and f"{tmp_path / 'no'} does not exist" in done.stderr
 
 
+def test_status_html_that_cannot_be_written_is_one_line_and_leaves_no_partial(tmp_path):
+    (tmp_path / "taken").mkdir()  # a folder where the page should go: the rename fails
+    done = cli({}, "status", "--from", str(tmp_path / "backups"), "--html", str(tmp_path / "taken"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "cannot write it" in done.stderr and "Traceback" not in done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]  # no .taken.partial left
+
+
 def test_status_url_before_any_page_names_the_watchdog(oss_server):
     done = cli(settings(oss_server), "status", "--url")
     assert done.returncode == 24

@@ -38,7 +38,8 @@ def add_parser(subparsers):
 
 def run(args):
     environ = config.environment()  # an empty variable is an unset one (README)
-    config.prices(environ), config.grace_seconds(environ), fc_cost.prices(environ)  # checked before any OSS call
+    for check in (config.prices, config.grace_seconds, fc_cost.prices):
+        check(environ)  # a bad setting stops here, named, before any OSS call
     source = args.source or None
     if args.url is not None:
         return print_url(environ, source, args.url)
@@ -68,14 +69,15 @@ def write_page(path, result, scrub):
     if not path.parent.is_dir():
         raise ConfigInvalid(f"--html {path}: the folder {path.parent} does not exist",
                             "create it, or give a path in a folder that exists")
-    partial = path.with_name(f".{path.name}.partial")
+    partial = path.with_name(f".{path.name}.partial")  # a SIGKILL's is replaced next time
     try:
         partial.write_text(status_page.render(result, scrub), encoding="utf-8")
         partial.replace(path)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise ConfigInvalid(f"--html {path}: cannot write it: {exc.strerror or exc}",
                             "give a writable path with free space") from None
+    finally:
+        partial.unlink(missing_ok=True)  # gone once renamed; else a failed or stopped write
 
 
 def print_url(environ, source, seconds):
@@ -83,8 +85,7 @@ def print_url(environ, source, seconds):
     target, oss = config.storage_target(environ, source, flag="--from")
     storage = open_storage(target, oss)
     key = status_page.page_key(storage.prefix)
-    page = storage.head(key)
-    if page is None:
+    if storage.head(key) is None:
         raise PageNotFound(f"no status page at {target}{status_page.PAGE} yet",
                            "the hourly watchdog writes it; or run `l2c-backup status --html FILE` "
                            "to make one here")
