@@ -255,12 +255,7 @@ def locations(environ, source=None, mirror=None, identities=(), credentials=None
     if mirror:
         found.append(("mirror", mirror, None, False))
     result = []
-    if not mirror:  # the watchdog cannot see the mirror's disk: the mirror reports to the bucket
-        found.append(("mirror-report", target, oss, False))
     for name, url, settings, offsite in found:
-        if name == "mirror-report":
-            result += [loc for loc in [reported_mirror(open_storage(url, settings), now)] if loc]
-            continue
         loc = Location(name, url, "OSS" if url.startswith("oss://") else "local disk", offsite)
         try:
             if name == "primary" and primary_backups is not None:
@@ -275,6 +270,8 @@ def locations(environ, source=None, mirror=None, identities=(), credentials=None
             # an unreachable copy is a finding, not a crash
             loc.error = str(exc.args[0]) if isinstance(exc, L2CError) else f"{type(exc).__name__}: {exc}"
         result.append(loc)
+    if not mirror:  # the watchdog cannot see the mirror's disk: the mirror reports to the bucket
+        result += [loc for loc in [reported_mirror(open_storage(target, oss), now)] if loc]
     return result
 
 
