@@ -62,17 +62,14 @@ class OSSSettings:
         return (f"OSSSettings(endpoint={self.endpoint!r}, access_key_id={self.access_key_id!r}, "
                 f"region={self.region!r}, sse={self.server_side_encryption!r})")
 
-    def url_auth(self):
-        """V1 signing for URLs: OSS accepts it in every region, and it needs no region."""
-        if self.security_token:
-            return oss2.StsAuth(self.access_key_id, self.access_key_secret, self.security_token)
-        return oss2.Auth(self.access_key_id, self.access_key_secret)
-
-    def auth(self):
+    def auth(self, v4=None):
+        """oss2's signer: V4 where a region is set, else V1. Signed URLs ask for V1
+        (v4=False): OSS accepts it in every region, and it needs no region."""
+        v4 = bool(self.region) if v4 is None else v4
         if self.security_token:
             return oss2.StsAuth(self.access_key_id, self.access_key_secret, self.security_token,
-                                auth_version=oss2.AUTH_VERSION_4 if self.region else oss2.AUTH_VERSION_1)
-        if self.region:
+                                auth_version=oss2.AUTH_VERSION_4 if v4 else oss2.AUTH_VERSION_1)
+        if v4:
             return oss2.AuthV4(self.access_key_id, self.access_key_secret)
         return oss2.Auth(self.access_key_id, self.access_key_secret)
 
@@ -196,7 +193,7 @@ class OSSStorage:
                 f"{URL_MIN_SECONDS} seconds to 7 days ({URL_MAX_SECONDS} seconds)",
                 "ask for a time in that range, e.g. 86400 for a day")
         domain = self.settings.status_domain
-        signer = oss2.Bucket(self.settings.url_auth(), domain or self.settings.endpoint,
+        signer = oss2.Bucket(self.settings.auth(v4=False), domain or self.settings.endpoint,
                              self.bucket_name, is_cname=bool(domain))
         return signer.sign_url("GET", key, int(expires_seconds), slash_safe=True)
 
