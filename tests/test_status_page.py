@@ -76,6 +76,20 @@ def test_status_html_that_cannot_be_written_is_one_line_and_leaves_no_partial(tm
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]  # no .taken.partial left
 
 
+def test_status_html_replaces_the_partial_a_killed_run_left(tmp_path):
+    (tmp_path / ".status.html.partial").write_text("<!doctype html><p>half a pa")  # SIGKILL's
+    done = cli({}, "status", "--from", str(tmp_path / "backups"), "--html", str(tmp_path / "status.html"))
+    assert done.returncode == NotCompliant.exit_code, done.stderr
+    assert (tmp_path / "status.html").read_text().rstrip().endswith("</html>")
+    assert not (tmp_path / ".status.html.partial").exists()
+
+
+def test_status_url_for_too_short_a_time_is_one_line_naming_the_range(oss_server):
+    done = cli(settings(oss_server), "status", "--url", "10")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "60 seconds to 7 days" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_status_url_before_any_page_names_the_watchdog(oss_server):
     done = cli(settings(oss_server), "status", "--url")
     assert done.returncode == 24

@@ -85,11 +85,12 @@ def print_url(environ, source, seconds):
     target, oss = config.storage_target(environ, source, flag="--from")
     storage = open_storage(target, oss)
     key = status_page.page_key(storage.prefix)
+    url = storage.signed_url(key, seconds)  # signed here: a bad SECONDS is named first
     if storage.head(key) is None:
         raise PageNotFound(f"no status page at {target}{status_page.PAGE} yet",
                            "the hourly watchdog writes it; or run `l2c-backup status --html FILE` "
                            "to make one here")
-    print(storage.signed_url(key, seconds))
+    print(url)
     return 0
 
 
